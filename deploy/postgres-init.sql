@@ -1,0 +1,2 @@
+-- The ledger lives in its own database, so the identity store and the ledger never share tables.
+CREATE DATABASE ledger OWNER nicecard;
