@@ -32,7 +32,7 @@ def b64url(data: bytes) -> str:
 
 def generate(algorithm: Algorithm) -> tuple[bytes, bytes]:
     """A new key as ``(private_bytes, public_bytes)``; private bytes are to be sealed at once."""
-    if algorithm is Algorithm.HMAC_SHA256:
+    if algorithm in (Algorithm.HMAC_SHA256, Algorithm.A256GCM):
         return os.urandom(32), b""
     if algorithm is Algorithm.ED25519:
         ed = ed25519.Ed25519PrivateKey.generate()
@@ -110,6 +110,6 @@ def thumbprint(jwk: dict[str, Any]) -> str:
 
 
 def new_kid(algorithm: Algorithm, public: bytes) -> str:
-    if algorithm is Algorithm.HMAC_SHA256:
+    if algorithm in (Algorithm.HMAC_SHA256, Algorithm.A256GCM):
         return "sec-" + b64url(os.urandom(12))
     return thumbprint(public_jwk(algorithm, public))

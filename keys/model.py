@@ -20,6 +20,7 @@ class Algorithm(enum.StrEnum):
     ES256 = "ES256"
     ED25519 = "Ed25519"
     HMAC_SHA256 = "HMAC-SHA256"
+    A256GCM = "A256GCM"
     RSABSSA_SHA384 = "RSABSSA-SHA384-PSS-Randomized"
 
 
@@ -41,6 +42,7 @@ class Purpose(enum.StrEnum):
     LEDGER_CHECKPOINT = "ledger-checkpoint"
     ACCOUNT_LOOKUP = "account-lookup"
     PAIRWISE_SUBJECT = "pairwise-subject"
+    SESSION_SEAL = "session-seal"
 
     @property
     def spec(self) -> PurposeSpec:
@@ -52,7 +54,7 @@ class Purpose(enum.StrEnum):
 
     @property
     def is_secret(self) -> bool:
-        return _SPECS[self].algorithm is Algorithm.HMAC_SHA256
+        return _SPECS[self].algorithm in (Algorithm.HMAC_SHA256, Algorithm.A256GCM)
 
 
 _SPECS: dict[Purpose, PurposeSpec] = {
@@ -62,6 +64,7 @@ _SPECS: dict[Purpose, PurposeSpec] = {
     Purpose.LEDGER_CHECKPOINT: PurposeSpec(Algorithm.ED25519, jwks=False),
     Purpose.ACCOUNT_LOOKUP: PurposeSpec(Algorithm.HMAC_SHA256, jwks=False),
     Purpose.PAIRWISE_SUBJECT: PurposeSpec(Algorithm.HMAC_SHA256, jwks=False, stable=True),
+    Purpose.SESSION_SEAL: PurposeSpec(Algorithm.A256GCM, jwks=False),
 }
 
 

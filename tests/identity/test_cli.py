@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from keys.model import Purpose
+
 NICECARD = str(Path(sys.executable).parent / "nicecard")
 
 
@@ -43,7 +45,7 @@ def test_db_upgrade_then_keys_lifecycle(tmp_path: Path) -> None:
 
     init = run(tmp_path, "keys", "init", **prod)
     assert init.returncode == 0, init.stderr
-    assert init.stdout.count("created") == 12
+    assert init.stdout.count("created") == 2 * len(Purpose)
 
     listed = json.loads(run(tmp_path, "keys", "list", "--json", **prod).stdout)
     active = {r["purpose"]: r["kid"] for r in listed if r["state"] == "active"}
