@@ -8,7 +8,12 @@ The tree::
     ├── KeyDecryptionError   a stored private key could not be unwrapped (wrong KEK, tampering)
     ├── KeyStoreError        the store could not be read or written
     ├── NoteError            a C2SP signed note is malformed or carries no valid signature
-    └── BlindRSAError        an RFC 9474 operation failed (bad input, failed fault check)
+    └── BlindRSAError        an RFC 9474 operation failed (keys/blind_rsa.py)
+        ├── InvalidInput         wrong length or out of range
+        ├── InvalidKey           key too small, malformed, or not the published encoding
+        ├── BlindingError        the blinding factor has no inverse
+        ├── SigningFailure       the fault check failed: no signature is returned
+        └── VerificationError    the signature does not verify
 
 Every error carries a message safe to log: no key material, no plaintext.
 """
