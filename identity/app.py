@@ -10,21 +10,29 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from identity import http_errors
 from identity.deps import get_keyring
+from identity.fcsim import create_simulator
+from identity.franceconnect.client import FranceConnectClient
+from identity.franceconnect.wiring import client_config, simulator_config
 from identity.health import router as health_router
 from identity.observability import RequestContextMiddleware, configure_logging
 from identity.runtime import Runtime, open_runtime
 from identity.settings import Settings, load_settings
+from identity.web import router as web_router
 from keys.errors import KeysError
 from keys.keyring import Clock, utc_now
 from oidc.jwks import jwks_router
 
 log = logging.getLogger("nicecard.app")
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 async def _refresh_keys(runtime: Runtime) -> None:
@@ -43,14 +51,20 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with open_runtime(settings, clock=clock) as runtime:
             app.state.runtime = runtime
-            refresher = asyncio.create_task(_refresh_keys(runtime))
-            log.info("started", extra={"mode": settings.mode.value, "issuer": settings.issuer})
-            try:
-                yield
-            finally:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+            async with httpx.AsyncClient(follow_redirects=False) as http:
+                app.state.franceconnect = FranceConnectClient(
+                    client_config(settings, runtime.keyring),
+                    http,
+                    clock=lambda: clock().timestamp(),
+                )
+                refresher = asyncio.create_task(_refresh_keys(runtime))
+                log.info("started", extra={"mode": settings.mode.value, "issuer": settings.issuer})
+                try:
+                    yield
+                finally:
+                    refresher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await refresher
 
     app = FastAPI(
         title="Nice Identity Card",
@@ -61,10 +75,16 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
         openapi_url="/openapi.json" if settings.is_development else None,
     )
     app.state.settings = settings
+    app.state.clock = clock
     http_errors.install(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)
     app.include_router(jwks_router(get_keyring))
+    app.include_router(web_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if settings.fc_simulator:
+        # Settings refuse the simulator outside development.
+        app.mount("/fc-sim", create_simulator(simulator_config(settings)))
     return app
 
 

@@ -22,6 +22,8 @@ from rich.table import Table
 from identity import migrate
 from identity.db import create_engine
 from identity.errors import IdentityError
+from identity.fcsim import create_simulator
+from identity.franceconnect.wiring import simulator_config
 from identity.observability import configure_logging, uvicorn_log_config
 from identity.runtime import REQUIRED_PURPOSES, Runtime, open_runtime
 from identity.settings import Settings, load_settings
@@ -93,6 +95,29 @@ def dev(
     settings = _settings()
     out.print(f"Nice Identity Card (development) on [bold]{settings.issuer}[/bold]")
     _serve(settings)
+
+
+@app.command("fc-sim")
+def fc_sim(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9000,
+) -> None:
+    """Run the FranceConnect simulator on its own (development and demonstrations only).
+
+    It registers this service (NICECARD_ISSUER's callback) and the clients of
+    NICECARD_FC_SIMULATOR_CLIENTS_FILE; its issuer is http://127.0.0.1:PORT/api/v2.
+    """
+    settings = _settings()
+    if not settings.is_development:
+        err.print("[red]error[/red] the FranceConnect simulator runs in development mode only")
+        raise typer.Exit(2)
+    try:
+        config = simulator_config(settings, issuer=f"http://127.0.0.1:{port}/api/v2")
+    except IdentityError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level)
+    out.print(f"FranceConnect simulator (not FranceConnect) on {config.issuer}")
+    uvicorn.run(create_simulator(config), host="127.0.0.1", port=port, log_config=None)
 
 
 @db_app.command("upgrade")

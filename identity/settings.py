@@ -66,7 +66,31 @@ class Settings(BaseSettings):
     key_overlap: timedelta = timedelta(days=1)
     key_reload_seconds: float = Field(default=60.0, gt=0)
 
+    #: mount the built-in FranceConnect simulator under /fc-sim and sign in through it
     fc_simulator: bool = True
+    #: FranceConnect issuer (discovery at <issuer>/.well-known/openid-configuration); defaults to
+    #: the built-in simulator in development
+    fc_issuer: str | None = None
+    fc_client_id: str = "nicecard-dev"
+    fc_client_secret: SecretStr | None = None
+    fc_auth_method: Literal["client_secret_post", "private_key_jwt"] = "client_secret_post"
+    fc_scopes: str = (
+        "openid given_name family_name birthdate gender birthplace birthcountry email "
+        "preferred_username"
+    )
+    fc_acr_values: str = "eidas1"
+    fc_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: extra service providers registered at the simulator: a JSON list of objects with the
+    #: fields of identity.fcsim.SimulatorClient
+    fc_simulator_clients_file: Path | None = None
+    #: how long the simulator's "slow" identity makes userinfo wait (development only)
+    fc_simulator_slow_seconds: float = Field(default=30.0, ge=0)
+    #: how long a login session (and the FranceConnect claims it holds) lives
+    session_ttl: timedelta = timedelta(hours=1)
+
+    #: lifetime of JWT access tokens in seconds (RFC 9068): short, they cannot be recalled
+    #: how long a server process trusts its copy of a client registration, in seconds
+    client_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -118,6 +142,13 @@ class Settings(BaseSettings):
             )
         if self.kek is not None and _is_placeholder_key(self.kek.get_secret_value()):
             problems.append("NICECARD_KEK is a placeholder value")
+        if self.fc_issuer is None or urlsplit(self.fc_issuer).scheme != "https":
+            problems.append("NICECARD_FC_ISSUER must be FranceConnect's https issuer")
+        if self.fc_auth_method == "client_secret_post" and (
+            self.fc_client_secret is None
+            or is_placeholder(self.fc_client_secret.get_secret_value())
+        ):
+            problems.append("NICECARD_FC_CLIENT_SECRET must be the secret FranceConnect issued")
         if self.kek_file is not None and self.kek_file.resolve() == self.dev_kek_path.resolve():
             problems.append("NICECARD_KEK_FILE points at the generated development key")
         return problems
@@ -131,6 +162,16 @@ class Settings(BaseSettings):
     @property
     def dev_kek_path(self) -> Path:
         return self.data_dir / "dev-kek.b64"
+
+    @property
+    def fc_simulator_issuer(self) -> str:
+        return f"{self.issuer}/fc-sim/api/v2"
+
+    @property
+    def fc_effective_issuer(self) -> str:
+        if self.fc_issuer:
+            return self.fc_issuer.rstrip("/")
+        return self.fc_simulator_issuer
 
     @property
     def identity_url(self) -> str:

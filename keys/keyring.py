@@ -133,11 +133,13 @@ class Keyring:
             raise KeyNotFound(f"no verifying key with kid {kid!r}")
         return record, material.load_public(record.algorithm, record.public)
 
-    def jwks(self) -> dict[str, list[dict[str, Any]]]:
-        """The public JWK Set (RFC 7517 §5) of every published, non-destroyed signing key."""
+    def jwks(self, purposes: Iterable[Purpose] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """The public JWK Set (RFC 7517 §5) of the non-destroyed keys of ``purposes``
+        (by default, the purposes published in the OpenID Provider's JWKS)."""
+        wanted = set(purposes) if purposes is not None else {p for p in Purpose if p.spec.jwks}
         keys = []
         for record in self._records.values():
-            if not record.purpose.spec.jwks or record.state is KeyState.DESTROYED:
+            if record.purpose not in wanted or record.state is KeyState.DESTROYED:
                 continue
             jwk = material.public_jwk(record.algorithm, record.public)
             jwk.update({"kid": record.kid, "use": "sig", "alg": record.algorithm.value})

@@ -43,6 +43,7 @@ class Purpose(enum.StrEnum):
     ACCOUNT_LOOKUP = "account-lookup"
     PAIRWISE_SUBJECT = "pairwise-subject"
     SESSION_SEAL = "session-seal"
+    FC_CLIENT = "fc-client"
 
     @property
     def spec(self) -> PurposeSpec:
@@ -65,6 +66,7 @@ _SPECS: dict[Purpose, PurposeSpec] = {
     Purpose.ACCOUNT_LOOKUP: PurposeSpec(Algorithm.HMAC_SHA256, jwks=False),
     Purpose.PAIRWISE_SUBJECT: PurposeSpec(Algorithm.HMAC_SHA256, jwks=False, stable=True),
     Purpose.SESSION_SEAL: PurposeSpec(Algorithm.A256GCM, jwks=False),
+    Purpose.FC_CLIENT: PurposeSpec(Algorithm.ES256, jwks=False),
 }
 
 

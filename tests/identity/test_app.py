@@ -51,6 +51,8 @@ def test_readyz_names_what_is_missing_in_production(
         mode="production",
         issuer="https://id.nicecotedazur.example",
         fc_simulator=False,
+        fc_issuer="https://oidc.franceconnect.gouv.fr/api/v2",
+        fc_client_secret=base64.b64encode(os.urandom(32)).decode(),
         kek=base64.b64encode(os.urandom(32)).decode(),
     )
     with serve(create_app(settings)) as url:

@@ -37,6 +37,8 @@ def test_db_upgrade_then_keys_lifecycle(tmp_path: Path) -> None:
         "NICECARD_MODE": "production",
         "NICECARD_ISSUER": "https://id.nicecotedazur.example",
         "NICECARD_FC_SIMULATOR": "false",
+        "NICECARD_FC_ISSUER": "https://oidc.franceconnect.gouv.fr/api/v2",
+        "NICECARD_FC_CLIENT_SECRET": base64.b64encode(os.urandom(32)).decode(),
         "NICECARD_KEK": kek,
     }
     upgraded = run(tmp_path, "db", "upgrade", **prod)
@@ -92,3 +94,87 @@ def test_production_refusal_names_the_setting(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "NICECARD_ISSUER must be an https URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fc_sim_runs_standalone(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    clients = tmp_path / "sim-clients.json"
+    clients.write_text(
+        json.dumps(
+            [
+                {
+                    "client_id": "allo-mairie-test",
+                    "client_secret": "a-long-enough-test-secret-value",
+                    "redirect_uris": ["http://127.0.0.1:7000/cb"],
+                }
+            ]
+        )
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "NICECARD_DATA_DIR": str(tmp_path / "var"),
+        "NICECARD_FC_SIMULATOR_CLIENTS_FILE": str(clients),
+    }
+    process = subprocess.Popen(
+        [NICECARD, "fc-sim", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/v2/.well-known/openid-configuration"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                metadata = httpx.get(url).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert metadata["issuer"] == f"http://127.0.0.1:{port}/api/v2"
+        # An unknown client gets an error page; the registered extra client does not.
+        authorize = f"http://127.0.0.1:{port}/api/v2/authorize"
+        common = {"response_type": "code", "scope": "openid", "state": "s" * 64, "nonce": "n" * 64}
+        unknown = httpx.get(
+            authorize, params={**common, "client_id": "nobody", "redirect_uri": "http://x/cb"}
+        )
+        assert unknown.status_code == 400
+        known = httpx.get(
+            authorize,
+            params={
+                **common,
+                "client_id": "allo-mairie-test",
+                "redirect_uri": "http://127.0.0.1:7000/cb",
+            },
+        )
+        assert known.status_code in (200, 302, 303)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+
+
+def test_fc_sim_refuses_production(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        "fc-sim",
+        NICECARD_MODE="production",
+        NICECARD_ISSUER="https://id.example",
+        NICECARD_FC_SIMULATOR="false",
+        NICECARD_FC_ISSUER="https://oidc.franceconnect.gouv.fr/api/v2",
+        NICECARD_FC_CLIENT_SECRET=base64.b64encode(os.urandom(32)).decode(),
+        NICECARD_KEK=base64.b64encode(os.urandom(32)).decode(),
+    )
+    assert result.returncode == 2
+    assert "development mode only" in result.stderr

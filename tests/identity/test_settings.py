@@ -19,6 +19,8 @@ def production(**overrides: object) -> Settings:
         "mode": "production",
         "issuer": "https://id.nicecotedazur.example",
         "fc_simulator": False,
+        "fc_issuer": "https://oidc.franceconnect.gouv.fr/api/v2",
+        "fc_client_secret": base64.b64encode(os.urandom(32)).decode(),
         "kek": GOOD_KEK,
     }
     values.update(overrides)
@@ -44,6 +46,10 @@ def test_a_complete_production_configuration_starts() -> None:
         ({"issuer": "http://id.nicecotedazur.example"}, "NICECARD_ISSUER must be an https URL"),
         ({"fc_simulator": True}, "NICECARD_FC_SIMULATOR must be false"),
         ({"kek": None}, "NICECARD_KEK or NICECARD_KEK_FILE must be set"),
+        ({"fc_issuer": None}, "NICECARD_FC_ISSUER must be FranceConnect's https issuer"),
+        ({"fc_issuer": "http://fc.example/api/v2"}, "NICECARD_FC_ISSUER must be"),
+        ({"fc_client_secret": None}, "NICECARD_FC_CLIENT_SECRET must be"),
+        ({"fc_client_secret": "change-me-please-1234"}, "NICECARD_FC_CLIENT_SECRET must be"),
         (
             {"kek": base64.b64encode(b"change-me" + b"\0" * 23).decode()},
             "NICECARD_KEK is a placeholder",
@@ -109,6 +115,10 @@ def test_environment_prefix_and_secrets_directory(
     monkeypatch.setenv("NICECARD_MODE", "production")
     monkeypatch.setenv("NICECARD_ISSUER", "https://id.nicecotedazur.example")
     monkeypatch.setenv("NICECARD_FC_SIMULATOR", "false")
+    monkeypatch.setenv("NICECARD_FC_ISSUER", "https://fcp-low.sbx.dev-franceconnect.fr/api/v2")
+    (secrets_dir / "nicecard_fc_client_secret").write_text(
+        base64.b64encode(os.urandom(32)).decode()
+    )
     monkeypatch.setenv("NICECARD_SECRETS_DIR", str(secrets_dir))
     settings = load_settings()
     assert settings.kek is not None

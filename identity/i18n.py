@@ -1,0 +1,67 @@
+"""Citizen pages speak French first, English too. The language comes from ``?lang=``, then the
+``lang`` cookie, then Accept-Language; French otherwise."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+LANGUAGES = ("fr", "en")
+
+TEXTS: dict[str, dict[str, str]] = {
+    "fr": {
+        "title": "Carte d’identité numérique de Nice",
+        "lead": "Connectez-vous une fois, avec FranceConnect, aux services de la Métropole et de ses partenaires. Chaque service ne voit qu’un pseudonyme.",
+        "fc_signin_prefix": "S’identifier avec",
+        "fc_what": "Qu’est-ce que FranceConnect ?",
+        "fc_what_title": "Qu’est-ce que FranceConnect ? - nouvelle fenêtre",
+        "signed_in": "Vous êtes connecté·e",
+        "signed_in_since": "Connecté·e depuis",
+        "level": "Niveau de garantie",
+        "your_data": "Ce que FranceConnect nous a transmis (gardé le temps de la session seulement)",
+        "logout": "Se déconnecter",
+        "logged_out": "Vous êtes déconnecté·e.",
+        "back_home": "Retour à l’accueil",
+        "error_title": "La connexion n’a pas abouti",
+        "error_cancelled": "Vous avez annulé la connexion avec FranceConnect, ou FranceConnect l’a refusée. Vous pouvez réessayer.",
+        "error_expired": "Cette tentative de connexion a expiré ou a déjà servi. Recommencez depuis l’accueil.",
+        "error_unavailable": "FranceConnect ne répond pas pour le moment. Réessayez dans quelques minutes.",
+        "error_rejected": "La réponse de FranceConnect n’a pas pu être vérifiée. Par sécurité, la connexion est refusée.",
+        "error_signin_failed": "La connexion n’a pas abouti. Réessayez.",
+        "error_logout_state": "Cette déconnexion ne correspond à aucune demande de ce navigateur.",
+        "reference": "Référence à communiquer au support",
+        "retry": "Réessayer",
+        "other_language": "English",
+    },
+    "en": {
+        "title": "Nice Identity Card",
+        "lead": "Sign in once, with FranceConnect, to the services of the Métropole and its partners. Each service sees only a pseudonym.",
+        "fc_signin_prefix": "Sign in with",
+        "fc_what": "What is FranceConnect?",
+        "fc_what_title": "What is FranceConnect? - new window",
+        "signed_in": "You are signed in",
+        "signed_in_since": "Signed in since",
+        "level": "Assurance level",
+        "your_data": "What FranceConnect sent us (kept for this session only)",
+        "logout": "Sign out",
+        "logged_out": "You are signed out.",
+        "back_home": "Back to the home page",
+        "error_title": "Sign-in did not complete",
+        "error_cancelled": "You cancelled the FranceConnect sign-in, or FranceConnect refused it. You can try again.",
+        "error_expired": "This sign-in attempt expired or was already used. Start again from the home page.",
+        "error_unavailable": "FranceConnect is not answering right now. Try again in a few minutes.",
+        "error_rejected": "FranceConnect's answer could not be verified. For your safety, sign-in is refused.",
+        "error_signin_failed": "Sign-in did not complete. Try again.",
+        "error_logout_state": "This sign-out does not match any request from this browser.",
+        "reference": "Reference for support",
+        "retry": "Try again",
+        "other_language": "Français",
+    },
+}
+
+
+def language(request: Request) -> str:
+    asked = request.query_params.get("lang") or request.cookies.get("lang")
+    if asked in LANGUAGES:
+        return asked
+    accept = request.headers.get("accept-language", "").lower()
+    return "en" if accept.startswith("en") else "fr"
