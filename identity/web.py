@@ -144,13 +144,22 @@ async def home(request: Request) -> HTMLResponse:
     )
 
 
+#: What may be passed on to FranceConnect as ``prompt`` (e.g. when a relying party asks for a
+#: fresh authentication with prompt=login or max_age).
+FC_PROMPTS = frozenset({"login", "consent", "login consent"})
+
+
 @router.get("/auth/franceconnect/start")
-async def start(request: Request, return_to: str | None = None) -> Response:
+async def start(
+    request: Request, return_to: str | None = None, prompt: str | None = None
+) -> Response:
     browser = request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(32)
     keyring, now, target = _runtime(request).keyring, _now(request), safe_return_to(return_to)
     state, nonce = await _db(request, lambda s: signin.begin(s, keyring, browser, target, now))
     try:
-        url = await _fc(request).authorization_url(state, nonce)
+        url = await _fc(request).authorization_url(
+            state, nonce, prompt if prompt in FC_PROMPTS else None
+        )
     except SignInError as exc:
         return _error_page(request, exc)
     response = RedirectResponse(url, status_code=303)

@@ -72,6 +72,14 @@ def test_every_test_identity_signs_in(service: Service, person: dict[str, object
     assert "eidas1" in page
 
 
+def test_prompt_login_is_passed_to_franceconnect(service: Service) -> None:
+    client = service.client()
+    start = client.get("/auth/franceconnect/start", params={"prompt": "login"})
+    assert "prompt=login" in start.headers["location"]
+    odd = client.get("/auth/franceconnect/start", params={"prompt": "none select_account"})
+    assert "prompt=" not in odd.headers["location"]
+
+
 def test_return_to_is_honoured(service: Service) -> None:
     client = service.client()
     back = submit_login(client, to_simulator_login(client, return_to="/docs"), "nicois")
