@@ -24,6 +24,8 @@ from identity.franceconnect.client import FranceConnectClient
 from identity.franceconnect.wiring import client_config, simulator_config
 from identity.health import router as health_router
 from identity.observability import RequestContextMiddleware, configure_logging
+from identity.oidc_wiring import mount_oidc
+from identity.op_wiring import mount_code_flow
 from identity.runtime import Runtime, open_runtime
 from identity.settings import Settings, load_settings
 from identity.web import router as web_router
@@ -80,6 +82,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router)
     app.include_router(jwks_router(get_keyring))
+    mount_oidc(app, clock=clock)
+    mount_code_flow(app)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.fc_simulator:

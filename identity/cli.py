@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from identity import migrate
+from identity.cli_clients import clients_app
 from identity.db import create_engine
 from identity.errors import IdentityError
 from identity.fcsim import create_simulator
@@ -35,6 +36,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(clients_app, name="clients")
 
 err = Console(stderr=True)
 out = Console()

@@ -88,7 +88,10 @@ class Settings(BaseSettings):
     #: how long a login session (and the FranceConnect claims it holds) lives
     session_ttl: timedelta = timedelta(hours=1)
 
+    #: OpenID Provider clients registered at start, TOML or JSON (see identity.oidc_wiring)
+    clients_file: Path | None = None
     #: lifetime of JWT access tokens in seconds (RFC 9068): short, they cannot be recalled
+    access_token_ttl: int = Field(default=300, ge=30, le=3600)
     #: how long a server process trusts its copy of a client registration, in seconds
     client_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 

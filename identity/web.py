@@ -39,6 +39,7 @@ router = APIRouter(include_in_schema=False)
 
 SIGNIN_COOKIE = "nicecard_signin"
 LOGOUT_COOKIE = "nicecard_logout"
+LOGOUT_NEXT_COOKIE = "nicecard_logout_next"
 T = TypeVar("T")
 
 ERROR_STATUS = {"cancelled": 200, "expired": 400, "rejected": 502, "unavailable": 504}
@@ -221,7 +222,7 @@ async def callback(request: Request) -> Response:
     return response
 
 
-def _same_origin(request: Request) -> bool:
+def same_origin(request: Request) -> bool:
     """A form POST from our own pages: Origin (or Referer) names our issuer's origin."""
     issuer = urlsplit(request.app.state.settings.issuer)
     origin = request.headers.get("origin") or request.headers.get("referer")
@@ -233,22 +234,36 @@ def _same_origin(request: Request) -> bool:
 
 @router.post("/auth/logout")
 async def logout(request: Request) -> Response:
-    if not _same_origin(request):
+    if not same_origin(request):
         return message_page(request, "403", "Cross-site sign-out refused.", 403)
+    return await sign_out(request)
+
+
+async def sign_out(request: Request, next_url: str | None = None) -> Response:
+    """End the local session and chain to FranceConnect's logout; come back to ``next_url``
+    (a relying party's validated post_logout_redirect_uri) or to our signed-out page."""
     citizen = await current_citizen(request)
     cookie = request.cookies.get(session_cookie_name(request))
     await _db(request, lambda s: signin.end_session(s, cookie))
     texts = TEXTS[language(request)]
     response: Response
     if citizen is None:
-        response = message_page(request, texts["logout"], texts["logged_out"])
+        response = (
+            RedirectResponse(next_url, status_code=303)
+            if next_url
+            else message_page(request, texts["logout"], texts["logged_out"])
+        )
     else:
         state = secrets.token_hex(32)
         try:
             url = await _fc(request).end_session_url(citizen.fc_id_token, state)
         except SignInError:
             # Local session is gone already; FranceConnect's own ends when it expires.
-            response = message_page(request, texts["logout"], texts["logged_out"])
+            response = (
+                RedirectResponse(next_url, status_code=303)
+                if next_url
+                else message_page(request, texts["logout"], texts["logged_out"])
+            )
         else:
             response = RedirectResponse(url, status_code=303)
             response.set_cookie(
@@ -260,6 +275,16 @@ async def logout(request: Request) -> Response:
                 samesite="lax",
                 path="/auth/franceconnect",
             )
+            if next_url:
+                response.set_cookie(
+                    LOGOUT_NEXT_COOKIE,
+                    next_url,
+                    max_age=600,
+                    httponly=True,
+                    secure=_secure(request),
+                    samesite="lax",
+                    path="/auth/franceconnect",
+                )
     response.delete_cookie(session_cookie_name(request), path="/")
     log.info("signed out")
     return response
@@ -271,8 +296,14 @@ async def logout_callback(request: Request, state: str = "") -> Response:
     expected = request.cookies.get(LOGOUT_COOKIE, "")
     if not expected or not hmac.compare_digest(state.encode(), expected.encode()):
         return message_page(request, texts["logout"], texts["error_logout_state"], 400)
-    response = message_page(request, texts["logout"], texts["logged_out"])
+    next_url = request.cookies.get(LOGOUT_NEXT_COOKIE)
+    response: Response = (
+        RedirectResponse(next_url, status_code=303)
+        if next_url
+        else message_page(request, texts["logout"], texts["logged_out"])
+    )
     response.delete_cookie(LOGOUT_COOKIE, path="/auth/franceconnect")
+    response.delete_cookie(LOGOUT_NEXT_COOKIE, path="/auth/franceconnect")
     return response
 
 

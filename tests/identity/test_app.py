@@ -60,12 +60,16 @@ def test_readyz_names_what_is_missing_in_production(
         assert body["status"] == "not ready"
         assert body["checks"]["identity_database"] == "not migrated"
         assert body["checks"]["keys"].startswith("no active key: oidc-rs256")
-        engine = create_engine(settings.identity_url, settings)
-        migrate.upgrade(migrate.Store.IDENTITY, engine)
-        engine.dispose()
+        for store, db_url in (
+            (migrate.Store.IDENTITY, settings.identity_url),
+            (migrate.Store.LEDGER, settings.ledger_url),
+        ):
+            engine = create_engine(db_url, settings)
+            migrate.upgrade(store, engine)
+            engine.dispose()
         checks = httpx.get(f"{url}/readyz").json()["checks"]
         assert checks["identity_database"] == "ok"
-        assert checks["ledger_database"] == "ok"  # no ledger revision yet: head is base
+        assert checks["ledger_database"] == "ok"
         assert httpx.get(f"{url}/docs").status_code == 404  # no API docs in production
 
 

@@ -1,0 +1,334 @@
+"""The OpenID Provider's tables in the identity database, and the stores that use them.
+
+Own metadata (like ``keys.store``), created by the identity migrations (revision 0003):
+
+- ``oauth_client``: registrations; a secret only as its SHA-256 digest (``oidc.secrets``).
+- ``client_assertion_jti``: the ``jti`` of every accepted private_key_jwt assertion until it
+  expires, keyed by a digest of (client_id, jti). The primary key makes replay detection hold
+  across every server process sharing the database (RFC 7523 §3 item 7).
+- ``revoked_token``: the ``jti`` of revoked JWT access tokens until they expire (RFC 7009 §2;
+  a self-contained token cannot be deleted, so it is listed until it dies by itself).
+
+Expired rows are purged now and then by whichever process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from keys.keyring import Clock
+from oidc.clients import (
+    AuthMethod,
+    Client,
+    ClientExists,
+    ClientNotFound,
+    GrantType,
+    format_scope,
+    parse_scope,
+)
+
+metadata = sa.MetaData()
+
+oauth_client = sa.Table(
+    "oauth_client",
+    metadata,
+    sa.Column("client_id", sa.String(255), primary_key=True),
+    sa.Column("client_name", sa.String(200), nullable=False),
+    sa.Column("token_endpoint_auth_method", sa.String(32), nullable=False),
+    sa.Column("registration", sa.JSON, nullable=False),
+    sa.Column("secret_hash", sa.LargeBinary(32)),
+    sa.Column("secret_rotated_at", sa.DateTime(timezone=True)),
+    sa.Column("source", sa.String(8), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+client_assertion_jti = sa.Table(
+    "client_assertion_jti",
+    metadata,
+    sa.Column("digest", sa.LargeBinary(32), primary_key=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+revoked_token = sa.Table(
+    "revoked_token",
+    metadata,
+    sa.Column("jti", sa.String(128), primary_key=True),
+    sa.Column("client_id", sa.String(255), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+#: Purge expired rows once every this many writes (per process).
+PURGE_EVERY = 1000
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes; every time stored is UTC.
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+def _registration(client: Client) -> dict[str, Any]:
+    return {
+        "grant_types": sorted(g.value for g in client.grant_types),
+        "response_types": sorted(client.response_types),
+        "redirect_uris": list(client.redirect_uris),
+        "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
+        "backchannel_logout_uri": client.backchannel_logout_uri,
+        "scope": format_scope(client.scope),
+        "claims": sorted(client.claims),
+        "sector_identifier_uri": client.sector_identifier_uri,
+        "id_token_signed_response_alg": client.id_token_signed_response_alg,
+        "token_endpoint_auth_signing_alg": client.token_endpoint_auth_signing_alg,
+        "jwks": dict(client.jwks) if client.jwks is not None else None,
+        "jwks_uri": client.jwks_uri,
+        "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
+        "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
+    }
+
+
+def _client(row: sa.Row[Any]) -> Client:
+    m = row._mapping
+    reg: dict[str, Any] = m["registration"]
+    return Client(
+        client_id=m["client_id"],
+        token_endpoint_auth_method=AuthMethod(m["token_endpoint_auth_method"]),
+        client_name=m["client_name"],
+        grant_types=frozenset(GrantType(g) for g in reg.get("grant_types", ())),
+        response_types=frozenset(reg.get("response_types", ())),
+        redirect_uris=tuple(reg.get("redirect_uris", ())),
+        post_logout_redirect_uris=tuple(reg.get("post_logout_redirect_uris", ())),
+        backchannel_logout_uri=reg.get("backchannel_logout_uri"),
+        scope=parse_scope(reg.get("scope", "")),
+        claims=frozenset(reg.get("claims", ())),
+        sector_identifier_uri=reg.get("sector_identifier_uri"),
+        id_token_signed_response_alg=reg.get("id_token_signed_response_alg", "RS256"),
+        token_endpoint_auth_signing_alg=reg.get("token_endpoint_auth_signing_alg"),
+        jwks=reg.get("jwks"),
+        jwks_uri=reg.get("jwks_uri"),
+        require_pushed_authorization_requests=bool(
+            reg.get("require_pushed_authorization_requests", False)
+        ),
+        dpop_bound_access_tokens=bool(reg.get("dpop_bound_access_tokens", False)),
+        secret_hash=None if m["secret_hash"] is None else bytes(m["secret_hash"]),
+        secret_rotated_at=_aware(m["secret_rotated_at"]),
+        source=m["source"],
+        created_at=_aware(m["created_at"]),
+        updated_at=_aware(m["updated_at"]),
+    )
+
+
+def _row(client: Client, now: datetime) -> dict[str, Any]:
+    return {
+        "client_id": client.client_id,
+        "client_name": client.client_name,
+        "token_endpoint_auth_method": client.token_endpoint_auth_method.value,
+        "registration": _registration(client),
+        "secret_hash": client.secret_hash,
+        "secret_rotated_at": client.secret_rotated_at,
+        "source": client.source,
+        "created_at": client.created_at or now,
+        "updated_at": now,
+    }
+
+
+class SqlClientRegistry:
+    """:class:`oidc.clients.ClientRegistry` on the ``oauth_client`` table."""
+
+    def __init__(self, engine: sa.Engine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._select = sa.select(oauth_client).where(
+            oauth_client.c.client_id == sa.bindparam("client_id")
+        )
+
+    def get(self, client_id: str) -> Client | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(self._select, {"client_id": client_id}).first()
+        return None if row is None else _client(row)
+
+    def all_clients(self) -> list[Client]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(oauth_client).order_by(oauth_client.c.client_id))
+            return [_client(r) for r in rows]
+
+    def add(self, client: Client) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(oauth_client.insert().values(**_row(client, self._clock())))
+        except IntegrityError:
+            raise ClientExists(client.client_id) from None
+
+    def update(self, client: Client) -> None:
+        row = _row(client, self._clock())
+        del row["created_at"]
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                oauth_client.update()
+                .where(oauth_client.c.client_id == client.client_id)
+                .values(**row)
+            )
+            if result.rowcount != 1:
+                raise ClientNotFound(client.client_id)
+
+    def remove(self, client_id: str) -> None:
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                oauth_client.delete().where(oauth_client.c.client_id == client_id)
+            )
+            if result.rowcount != 1:
+                raise ClientNotFound(client_id)
+
+    def sync_file_clients(self, clients: Sequence[Client]) -> None:
+        wanted = {c.client_id: c for c in clients}
+        now = self._clock()
+        with self._engine.begin() as conn:
+            existing = {
+                r.client_id: _client(r)
+                for r in conn.execute(sa.select(oauth_client).with_for_update())
+            }
+            for client_id, old in existing.items():
+                if old.source == "file" and client_id not in wanted:
+                    conn.execute(oauth_client.delete().where(oauth_client.c.client_id == client_id))
+            for client_id, new in wanted.items():
+                old_client = existing.get(client_id)
+                if old_client is None:
+                    conn.execute(oauth_client.insert().values(**_row(new, now)))
+                    continue
+                keep_secret = new.token_endpoint_auth_method.uses_secret
+                merged = _row(new, now)
+                merged["secret_hash"] = old_client.secret_hash if keep_secret else None
+                merged["secret_rotated_at"] = old_client.secret_rotated_at if keep_secret else None
+                merged["created_at"] = old_client.created_at or now
+                conn.execute(
+                    oauth_client.update()
+                    .where(oauth_client.c.client_id == client_id)
+                    .values(**merged)
+                )
+
+
+def async_engine_for(engine: sa.Engine, pool_size: int = 5) -> AsyncEngine | None:
+    """An autocommit asyncio engine on the same PostgreSQL database, for single-statement
+    writes on the request path; None for other databases (they go through a thread)."""
+    if engine.dialect.name != "postgresql" or engine.url.get_driver_name() != "psycopg":
+        return None
+    return create_async_engine(
+        engine.url, isolation_level="AUTOCOMMIT", pool_size=pool_size, max_overflow=pool_size
+    )
+
+
+# -- assertion replay -------------------------------------------------------------------------
+
+
+class ReplayedAssertion(Exception):
+    """This (client_id, jti) was already used by an assertion that has not expired."""
+
+
+def jti_digest(client_id: str, jti: str) -> bytes:
+    """The stored key of an assertion: SHA-256 over the client id and the jti (fixed size)."""
+    return hashlib.sha256(
+        client_id.encode("utf-8") + b"\x00" + jti.encode("utf-8", "surrogatepass")
+    ).digest()
+
+
+class SqlReplayCache:
+    """Remembers assertion ``jti`` values until they expire; a second use raises
+    :class:`ReplayedAssertion`. The insert is the check: two processes racing on one ``jti``
+    cannot both succeed.
+
+    With an ``async_engine`` (PostgreSQL through psycopg, in autocommit: one round trip, no
+    thread), :meth:`use_async` serves the request path; :meth:`use` is the blocking form.
+    """
+
+    def __init__(self, engine: sa.Engine, *, async_engine: AsyncEngine | None = None) -> None:
+        self._engine = engine
+        self._async_engine = async_engine
+        self._writes = itertools.count(1)
+        self._insert = client_assertion_jti.insert()
+
+    @property
+    def is_async(self) -> bool:
+        return self._async_engine is not None
+
+    def use(self, client_id: str, jti: str, expires_at: datetime, now: datetime) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    self._insert, {"digest": jti_digest(client_id, jti), "expires_at": expires_at}
+                )
+        except IntegrityError:
+            raise ReplayedAssertion from None
+        if next(self._writes) % PURGE_EVERY == 0:
+            self.purge(now)
+
+    async def use_async(
+        self, client_id: str, jti: str, expires_at: datetime, now: datetime
+    ) -> None:
+        assert self._async_engine is not None
+        try:
+            async with self._async_engine.connect() as conn:
+                await conn.execute(
+                    self._insert, {"digest": jti_digest(client_id, jti), "expires_at": expires_at}
+                )
+                if next(self._writes) % PURGE_EVERY == 0:
+                    await conn.execute(self._expired(now))
+        except IntegrityError:
+            raise ReplayedAssertion from None
+
+    @staticmethod
+    def _expired(now: datetime) -> sa.Delete:
+        return client_assertion_jti.delete().where(client_assertion_jti.c.expires_at < now)
+
+    def purge(self, now: datetime) -> int:
+        with self._engine.begin() as conn:
+            return int(conn.execute(self._expired(now)).rowcount)
+
+
+# -- revoked access tokens --------------------------------------------------------------------
+
+
+class SqlRevocationList:
+    """Revoked JWT access tokens by ``jti`` until their ``exp`` (RFC 7009 §2)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._writes = itertools.count(1)
+        self._select = sa.select(revoked_token.c.jti).where(
+            revoked_token.c.jti == sa.bindparam("jti")
+        )
+
+    def revoke(self, jti: str, client_id: str, expires_at: datetime, now: datetime) -> None:
+        """List ``jti`` as revoked; revoking twice is not an error."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    revoked_token.insert().values(
+                        jti=jti, client_id=client_id, revoked_at=now, expires_at=expires_at
+                    )
+                )
+        except IntegrityError:
+            pass
+        if next(self._writes) % PURGE_EVERY == 0:
+            self.purge(now)
+
+    def is_revoked(self, jti: str) -> bool:
+        with self._engine.connect() as conn:
+            return conn.execute(self._select, {"jti": jti}).first() is not None
+
+    def purge(self, now: datetime) -> int:
+        with self._engine.begin() as conn:
+            result = conn.execute(revoked_token.delete().where(revoked_token.c.expires_at < now))
+            return int(result.rowcount)
