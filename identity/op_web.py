@@ -437,3 +437,45 @@ async def end_session_confirmed(request: Request) -> Response:
 
 async def _logout_and_return(request: Request, back: str | None) -> Response:
     return await sign_out(request, next_url=back)
+
+
+@router.get("/account/consents", response_class=HTMLResponse)
+async def consents(request: Request) -> Response:
+    """The relying parties the citizen has consented to, each with a button to withdraw."""
+    citizen = await current_citizen(request)
+    if citizen is None:
+        return RedirectResponse("/", status_code=303)
+    flow = _flow(request)
+    rows = await run_in_threadpool(flow.grants.consents_of, citizen.account_id)
+    listed = []
+    for client_id, scope, claims, granted_at in rows:
+        client = await _lookup_client(request, client_id)
+        name = (client.client_name if client else "") or client_id
+        listed.append(
+            {
+                "client_id": client_id,
+                "name": name,
+                "claims": sorted(claims),
+                "scope": sorted(scope),
+                "at": granted_at,
+            }
+        )
+    return _page(request, "consents.html", consents=listed)
+
+
+@router.post("/account/consents/revoke")
+async def revoke_consent(request: Request) -> Response:
+    """Withdraw a consent; the client's refresh tokens and live access tokens are revoked."""
+    if not same_origin(request):
+        return message_page(request, "403", "Cross-site request refused.", 403)
+    citizen = await current_citizen(request)
+    if citizen is None:
+        return RedirectResponse("/", status_code=303)
+    form = await request.form()
+    client_id = str(form.get("client_id", ""))
+    flow, now = _flow(request), _now(request)
+    issued = await run_in_threadpool(flow.grants.revoke_consent, citizen.account_id, client_id, now)
+    for jti, expires_at in issued:
+        await run_in_threadpool(flow.provider.revocations.revoke, jti, client_id, expires_at, now)
+    log.info("consent withdrawn")
+    return RedirectResponse("/account/consents", status_code=303)

@@ -506,3 +506,53 @@ def test_logout_refuses_unregistered_redirect_and_bad_hint(
     assert citizen.client.post(provider.url + "/logout").status_code == 403
     done = citizen.client.post(provider.url + "/logout", headers={"Origin": provider.url})
     assert done.status_code == 303
+
+
+def test_citizen_withdraws_consent(
+    provider: Provider, citizen: Citizen, transit: OAuth2Client
+) -> None:
+    token, _ = sign_in(provider, citizen, transit, TRANSIT_CB)
+    page = citizen.client.get(provider.url + "/account/consents")
+    assert 'data-client="transit"' in page.text
+    assert (
+        citizen.client.post(
+            provider.url + "/account/consents/revoke", data={"client_id": "transit"}
+        ).status_code
+        == 403
+    )  # not from our own page
+    done = citizen.client.post(
+        provider.url + "/account/consents/revoke",
+        data={"client_id": "transit"},
+        headers={"Origin": provider.url},
+    )
+    assert done.status_code == 303
+    assert (
+        'data-client="transit"' not in citizen.client.get(provider.url + "/account/consents").text
+    )
+    with pytest.raises(Exception, match="invalid_grant"):
+        transit.refresh_token(provider.token_url, refresh_token=str(token["refresh_token"]))
+    info = httpx.get(
+        provider.url + "/userinfo", headers={"Authorization": f"Bearer {token['access_token']}"}
+    )
+    assert info.status_code == 401
+
+
+def test_jwks_after_key_rotation(
+    provider: Provider, citizen: Citizen, transit: OAuth2Client
+) -> None:
+    """The new key signs; the old one stays published while what it signed can be valid."""
+    token, _ = sign_in(provider, citizen, transit, TRANSIT_CB)
+    old_kid = jwt.get_unverified_header(str(token["id_token"]))["kid"]
+    keyring = provider.app.state.runtime.keyring
+    from keys.model import Purpose
+
+    new_active = keyring.rotate(Purpose.OIDC_RS256)
+    kids = {k["kid"] for k in httpx.get(provider.url + "/jwks").json()["keys"]}
+    assert {old_kid, new_active.kid} <= kids
+    url, verifier = authorize_url(provider, transit)
+    location = citizen.go(url, TRANSIT_CB).headers["location"]
+    again = transit.fetch_token(
+        provider.token_url, authorization_response=location, code_verifier=verifier
+    )
+    assert jwt.get_unverified_header(str(again["id_token"]))["kid"] == new_active.kid
+    jwks_decode(provider, str(token["id_token"]), "transit")  # the old token still verifies
