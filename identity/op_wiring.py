@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +17,7 @@ from identity.demo_rps import register_demo_clients
 from identity.demo_rps import router as demo_router
 from identity.op_web import claims_of_session, released_claims
 from identity.op_web import router as op_router
+from oidc.backchannel import logout_token, notify
 from oidc.claims import SUPPORTED_CLAIMS
 from oidc.clients import ID_TOKEN_ALGS
 from oidc.code_flow import CodeFlow
@@ -55,8 +57,37 @@ def _metadata(issuer: str) -> dict[str, Any]:
         "acr_values_supported": ["eidas1"],
         "prompt_values_supported": ["none", "login", "consent"],
         "frontchannel_logout_supported": False,
-        "backchannel_logout_supported": False,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
     }
+
+
+def _backchannel_logout(app: FastAPI) -> Any:
+    """Send logout tokens to the relying parties that got tokens in the ended session."""
+
+    async def on_session_end(citizen: Any) -> None:
+        flow: CodeFlow = app.state.code_flow
+        now = app.state.clock()
+        grants = await run_in_threadpool(flow.grants.grants_of_session, citizen.sid)
+        deliveries = []
+        for client_id in sorted({g.client_id for g in grants}):
+            client = await flow.provider.directory.get(client_id)
+            if client is None or not client.backchannel_logout_uri:
+                continue
+            token = logout_token(
+                app.state.runtime.keyring,
+                client,
+                issuer=flow.provider.issuer,
+                sub=flow.subject(client, citizen.account_id),
+                sid=citizen.sid,
+                now=now,
+            )
+            deliveries.append((client, token))
+        if deliveries:
+            async with httpx.AsyncClient() as http:
+                await notify(http, deliveries)
+
+    return on_session_end
 
 
 def mount_code_flow(app: FastAPI) -> None:
@@ -86,6 +117,7 @@ def mount_code_flow(app: FastAPI) -> None:
                 clock=clock,
             )
             app_.state.par_store = PushedRequests(engine)
+            app_.state.on_session_end = _backchannel_logout(app_)
             settings = app_.state.settings
             if settings.is_development:
                 app_.state.demo_secrets = await run_in_threadpool(

@@ -245,6 +245,9 @@ async def sign_out(request: Request, next_url: str | None = None) -> Response:
     citizen = await current_citizen(request)
     cookie = request.cookies.get(session_cookie_name(request))
     await _db(request, lambda s: signin.end_session(s, cookie))
+    hook = getattr(request.app.state, "on_session_end", None)
+    if citizen is not None and hook is not None:
+        await hook(citizen)
     texts = TEXTS[language(request)]
     response: Response
     if citizen is None:

@@ -12,8 +12,10 @@ import httpx
 import jwt
 import pytest
 from authlib.common.security import generate_token
+from fastapi import FastAPI, Request
 
 from oidc.clients import AuthMethod, GrantType
+from tests.conftest import _free_port, serve
 from tests.oidc.browser import Citizen
 from tests.oidc.conftest import OAuth2Client, Provider
 
@@ -556,3 +558,36 @@ def test_jwks_after_key_rotation(
     )
     assert jwt.get_unverified_header(str(again["id_token"]))["kid"] == new_active.kid
     jwks_decode(provider, str(token["id_token"]), "transit")  # the old token still verifies
+
+
+def test_backchannel_logout(provider: Provider, citizen: Citizen, free_port: int) -> None:
+    """Signing out sends a logout token to each relying party of the session that asked."""
+    received: list[str] = []
+    receiver = FastAPI()
+
+    @receiver.post("/backchannel")
+    async def backchannel(request: Request) -> dict[str, str]:
+        received.append(str((await request.form())["logout_token"]))
+        return {}
+
+    port = _free_port()
+    secret = register_rp(
+        provider,
+        "transit",
+        TRANSIT_CB,
+        frozenset(),
+        backchannel_logout_uri=f"http://127.0.0.1:{port}/backchannel",
+    )
+    client = rp(provider, "transit", secret, TRANSIT_CB, "openid")
+    with serve(receiver, port=port):
+        token, _ = sign_in(provider, citizen, client, TRANSIT_CB)
+        id_claims = jwks_decode(provider, str(token["id_token"]), "transit")
+        citizen.client.post(provider.url + "/auth/logout", headers={"Origin": provider.url})
+    assert len(received) == 1
+    header = jwt.get_unverified_header(received[0])
+    assert header["typ"] == "logout+jwt"
+    logout = jwks_decode(provider, received[0], "transit")
+    assert logout["sub"] == id_claims["sub"]
+    assert logout["sid"] == id_claims["sid"]
+    assert "http://schemas.openid.net/event/backchannel-logout" in logout["events"]  # type: ignore[operator]
+    assert "nonce" not in logout

@@ -91,10 +91,9 @@ def test_nothing_is_advertised_that_is_not_there(provider: Provider) -> None:
     for absent in (
         "registration_endpoint",
         "dpop_signing_alg_values_supported",
-        "backchannel_logout_session_supported",
     ):
         assert absent not in metadata
-    assert metadata["backchannel_logout_supported"] is False
+    assert metadata["backchannel_logout_supported"] is True
 
 
 def test_builder_follows_the_features() -> None:
