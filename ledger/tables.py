@@ -1,9 +1,28 @@
-"""Tables of the ledger store, in their own SQLModel registry (separate metadata)."""
+"""Tables of the ledger store, in their own SQLModel registry (separate metadata).
+
+``ledger/migrations`` creates them (with the append-only triggers these classes cannot
+express); these classes document the columns and give the code typed ``sa.Table`` objects.
+
+- ``ledger_entries``: the log. ``idx`` is the RFC 9162 leaf index, ``data`` the exact encoded
+  entry (:func:`ledger.entries.encode_entry`) and ``leaf_hash`` its RFC 9162 leaf hash, which is
+  also level 0 of the Merkle tree. ``kind`` and ``pseudonym`` repeat what ``data`` says, for reads.
+- ``ledger_nodes``: every perfect subtree of the tree above the leaves, ``MTH(D[idx * 2**level :
+  (idx + 1) * 2**level])`` for ``level >= 1``, written when the subtree completes.
+- ``ledger_head``: one row, the tree size, root and right edge (the perfect subtrees of the
+  binary decomposition of the size, which the next leaf hashes against); locked by appends.
+- ``ledger_checkpoints``: every signed C2SP checkpoint issued, never for a smaller size.
+- ``ledger_balances``: points per pseudonym, kept in the append's transaction; derivable from the
+  log at any time.
+- ``ledger_idempotency``: (partner, idempotency key) -> the index of the first answer.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import sqlalchemy as sa
 from sqlalchemy.orm import registry
-from sqlmodel import SQLModel
+from sqlmodel import Field, SQLModel
 
 
 class LedgerTable(SQLModel, registry=registry()):
@@ -11,3 +30,97 @@ class LedgerTable(SQLModel, registry=registry()):
 
 
 ledger_metadata = LedgerTable.metadata
+"""The ledger store's metadata (the target of its Alembic environment)."""
+
+
+def _when() -> sa.Column[datetime]:
+    return sa.Column(sa.DateTime(timezone=True), nullable=False)
+
+
+class LedgerEntry(LedgerTable, table=True):
+    """One log entry: its index, its exact bytes and its leaf hash."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        sa.CheckConstraint("idx >= 0", name="ck_ledger_entries_idx"),
+        sa.Index("ix_ledger_entries_pseudonym", "pseudonym", "idx"),
+    )
+
+    idx: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=False))
+    kind: int = Field(sa_column=sa.Column(sa.SmallInteger, nullable=False))
+    pseudonym: str | None = Field(default=None, sa_column=sa.Column(sa.String(32)))
+    data: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    leaf_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    created_at: datetime = Field(sa_column=_when())
+
+
+class LedgerNode(LedgerTable, table=True):
+    """A perfect-subtree hash above the leaves (level >= 1)."""
+
+    __tablename__ = "ledger_nodes"
+    __table_args__ = (sa.CheckConstraint("level >= 1 AND idx >= 0", name="ck_ledger_nodes_pos"),)
+
+    level: int = Field(sa_column=sa.Column(sa.SmallInteger, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+
+
+class LedgerHead(LedgerTable, table=True):
+    """The single head row: tree size, RFC 9162 root hash and the tree's right edge."""
+
+    __tablename__ = "ledger_head"
+    __table_args__ = (
+        sa.CheckConstraint("id = 1", name="ck_ledger_head_single"),
+        sa.CheckConstraint("size >= 0", name="ck_ledger_head_size"),
+    )
+
+    id: int = Field(sa_column=sa.Column(sa.SmallInteger, primary_key=True, autoincrement=False))
+    size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    root: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    frontier: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    updated_at: datetime = Field(sa_column=_when())
+
+
+class LedgerCheckpoint(LedgerTable, table=True):
+    """A signed C2SP tlog-checkpoint note as issued."""
+
+    __tablename__ = "ledger_checkpoints"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, primary_key=True))
+    origin: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
+    size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, index=True))
+    root: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    kid: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    note: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    created_at: datetime = Field(sa_column=_when())
+
+
+class LedgerBalance(LedgerTable, table=True):
+    """Points held by a pseudonym; the database refuses a negative balance."""
+
+    __tablename__ = "ledger_balances"
+    __table_args__ = (sa.CheckConstraint("points >= 0", name="ck_ledger_balances_points"),)
+
+    pseudonym: str = Field(sa_column=sa.Column(sa.String(32), primary_key=True))
+    points: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=_when())
+
+
+class LedgerIdempotency(LedgerTable, table=True):
+    """A partner's idempotency key and the entry its first request appended."""
+
+    __tablename__ = "ledger_idempotency"
+
+    partner: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    key: str = Field(sa_column=sa.Column(sa.String(255), primary_key=True))
+    request_digest: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    idx: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    created_at: datetime = Field(sa_column=_when())
+
+
+entries_table = ledger_metadata.tables["ledger_entries"]
+nodes_table = ledger_metadata.tables["ledger_nodes"]
+head_table = ledger_metadata.tables["ledger_head"]
+checkpoints_table = ledger_metadata.tables["ledger_checkpoints"]
+balances_table = ledger_metadata.tables["ledger_balances"]
+idempotency_table = ledger_metadata.tables["ledger_idempotency"]

@@ -57,7 +57,6 @@ _GROUP = re.compile(r"[0-9]{3}")
 _MAX_ENTRY_SIZE = 0xFFFF
 
 
-
 @dataclass(frozen=True)
 class Tile:
     """One tile (``level`` 0..63) or entry bundle (``level == "entries"``) of ``width`` items."""

@@ -1,0 +1,998 @@
+"""The ledger store: an RFC 9162 Merkle log in the database, appended without forks or gaps.
+
+Storage (RFC 9162 §2.1.1; the same perfect subtrees C2SP tlog-tiles serves): every entry's exact
+bytes and leaf hash, and every perfect subtree above the leaves as it completes. A proof then
+reads the O(log n) nodes :mod:`ledger.merkle` lists for it, in one query.
+
+An append, in one transaction (:meth:`LedgerStore.append_many`)::
+
+    1. SELECT size, root, frontier FROM ledger_head WHERE id = 1 FOR UPDATE
+       (PostgreSQL, READ COMMITTED: appenders queue here, and each one sees the size its
+       predecessor committed; SQLite: the engine's BEGIN IMMEDIATE already holds the write lock).
+       ``frontier`` is the tree's right edge: the perfect subtrees of the binary decomposition
+       of ``size`` (at most 64 hashes), the only nodes a new leaf hashes against.
+    2. the batch's idempotency keys and the balances it debits, by statements that start after
+       the lock is granted, so they see what the previous holder committed (nobody else changes
+       them: they change only under this lock)
+    3. in Python (:func:`_plan`): indexes size, size + 1, ... from the head (never from a
+       database sequence); entries encoded by ledger.entries.encode_entry; leaf hashes
+       SHA-256(0x00 || entry); every perfect subtree the new leaves complete, the new root and
+       the new right edge (RFC 9162 §2.1.1)
+    4. multi-row inserts of entries, nodes and idempotency keys, balances upserted, the head
+       updated, COMMIT
+
+On PostgreSQL this is two round trips (psycopg pipeline mode): BEGIN with 1 and 2, then one
+statement for 4 (``unnest`` over arrays, data-modifying CTEs) with COMMIT. Two processes cannot
+both append at ``size``: the second waits on the head lock and then reads the first one's size.
+A rejected append (insufficient balance, idempotency conflict) leaves the rest of its batch
+alone. :class:`GroupCommitAppender` lets concurrent callers share commits.
+
+The engine must come from ``identity.db.create_engine`` or be configured like it (PostgreSQL in
+READ COMMITTED; SQLite with ``BEGIN IMMEDIATE`` for every transaction).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from ledger.entries import (
+    ActCredited,
+    CatalogueChanged,
+    CoinsDeposited,
+    DenominationAnnounced,
+    Entry,
+    Event,
+    WithdrawalDebited,
+    decode_entry,
+    encode_entry,
+)
+from ledger.errors import (
+    AppendRejected,
+    EntryError,
+    IdempotencyConflict,
+    InsufficientBalance,
+    LedgerError,
+    LedgerStoreError,
+    ProofError,
+    TileError,
+)
+from ledger.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    SubtreeMap,
+    consistency_proof,
+    consistency_proof_nodes,
+    inclusion_proof,
+    inclusion_proof_nodes,
+    leaf_hash,
+    node_hash,
+    tree_root,
+    tree_root_nodes,
+)
+from ledger.tables import (
+    balances_table,
+    entries_table,
+    head_table,
+    idempotency_table,
+    nodes_table,
+)
+from ledger.tiles import ENTRIES, TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle
+
+__all__ = [
+    "AppendRequest",
+    "Appended",
+    "Clock",
+    "GroupCommitAppender",
+    "IdempotencyKey",
+    "LedgerStore",
+    "LockedHead",
+    "LoggedEntry",
+    "TreeHead",
+    "fetch_nodes",
+    "lock_head",
+]
+
+Clock = Callable[[], datetime]
+
+_MAX_KEY = 255
+_MAX_PARTNER = 64
+
+_UPSERT_BALANCE = sa.text(
+    "INSERT INTO ledger_balances (pseudonym, points, updated_at) "
+    "VALUES (:pseudonym, :delta, :now) "
+    "ON CONFLICT (pseudonym) DO UPDATE "
+    "SET points = ledger_balances.points + excluded.points, updated_at = excluded.updated_at"
+)
+_DEBIT_BALANCE = sa.text(
+    "UPDATE ledger_balances SET points = points + :delta, updated_at = :now "
+    "WHERE pseudonym = :pseudonym"
+)
+
+
+# PostgreSQL: bulk statements over arrays (psycopg adapts lists to arrays), one per table.
+# ``%(name)b`` asks psycopg for binary parameters: no text escaping of bytea arrays.
+_PG_LOCK_HEAD = "SELECT size, root, frontier FROM ledger_head WHERE id = 1 FOR UPDATE"
+_PG_FETCH_NODES = (
+    "SELECT 0, e.idx, e.leaf_hash FROM ledger_entries e "
+    "WHERE e.idx = ANY(%(leaves)b::bigint[]) "
+    "UNION ALL "
+    "SELECT n.level, n.idx, n.hash FROM ledger_nodes n "
+    "JOIN unnest(%(levels)b::smallint[], %(indexes)b::bigint[]) AS t(level, idx) "
+    "ON n.level = t.level AND n.idx = t.idx"
+)
+_PG_ANSWERED = (
+    "SELECT i.partner, i.key, i.request_digest, e.idx, e.data, e.leaf_hash "
+    "FROM ledger_idempotency i "
+    "JOIN unnest(%(partners)b::varchar[], %(keys)b::varchar[]) AS t(partner, key) "
+    "ON i.partner = t.partner AND i.key = t.key "
+    "JOIN ledger_entries e ON e.idx = i.idx"
+)
+_PG_BALANCES = (
+    "SELECT pseudonym, points FROM ledger_balances WHERE pseudonym = ANY(%(pseudonyms)b::varchar[])"
+)
+_PG_WRITE = """
+WITH
+entries AS (
+    INSERT INTO ledger_entries (idx, kind, pseudonym, data, leaf_hash, created_at)
+    SELECT t.idx, t.kind, t.pseudonym, t.data, t.leaf_hash, %(now)b
+    FROM unnest(%(e_idx)b::bigint[], %(e_kind)b::smallint[], %(e_pseudonym)b::varchar[],
+                %(e_data)b::bytea[], %(e_leaf)b::bytea[])
+         AS t(idx, kind, pseudonym, data, leaf_hash)
+),
+nodes AS (
+    INSERT INTO ledger_nodes (level, idx, hash)
+    SELECT * FROM unnest(%(n_level)b::smallint[], %(n_idx)b::bigint[], %(n_hash)b::bytea[])
+),
+keys AS (
+    INSERT INTO ledger_idempotency (partner, key, request_digest, idx, created_at)
+    SELECT t.partner, t.key, t.digest, t.idx, %(now)b
+    FROM unnest(%(i_partner)b::varchar[], %(i_key)b::varchar[], %(i_digest)b::bytea[],
+                %(i_idx)b::bigint[]) AS t(partner, key, digest, idx)
+),
+credits AS (
+    INSERT INTO ledger_balances (pseudonym, points, updated_at)
+    SELECT t.pseudonym, t.delta, %(now)b
+    FROM unnest(%(c_pseudonym)b::varchar[], %(c_delta)b::bigint[]) AS t(pseudonym, delta)
+    ON CONFLICT (pseudonym) DO UPDATE
+    SET points = ledger_balances.points + excluded.points, updated_at = excluded.updated_at
+),
+debits AS (
+    UPDATE ledger_balances b SET points = b.points + t.delta, updated_at = %(now)b
+    FROM unnest(%(d_pseudonym)b::varchar[], %(d_delta)b::bigint[]) AS t(pseudonym, delta)
+    WHERE b.pseudonym = t.pseudonym
+)
+UPDATE ledger_head
+SET size = %(size)b, root = %(root)b, frontier = %(frontier)b, updated_at = %(now)b
+WHERE id = 1
+"""
+
+
+_EVENTS = (ActCredited, WithdrawalDebited, CoinsDeposited, DenominationAnnounced, CatalogueChanged)
+
+
+def _is_postgresql(conn: sa.Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A partner's idempotency key, and a digest of the request it came with.
+
+    The same (partner, key) returns the first answer; with a different ``request_digest``
+    (the caller's SHA-256 of its request, however it defines "the same request") it is refused
+    with :class:`IdempotencyConflict`.
+    """
+
+    partner: str
+    key: str
+    request_digest: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.partner, str) or not 1 <= len(self.partner) <= _MAX_PARTNER:
+            raise LedgerError(f"partner must be 1..{_MAX_PARTNER} characters")
+        if not isinstance(self.key, str) or not 1 <= len(self.key) <= _MAX_KEY:
+            raise LedgerError(f"idempotency key must be 1..{_MAX_KEY} characters")
+        if not isinstance(self.request_digest, bytes) or len(self.request_digest) != HASH_SIZE:
+            raise LedgerError(f"request digest must be {HASH_SIZE} bytes")
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    """One event to append, with an optional idempotency key."""
+
+    event: Event
+    idempotency: IdempotencyKey | None = None
+
+
+@dataclass(frozen=True)
+class LoggedEntry:
+    """An entry in the log: its index, the decoded entry, its exact bytes and its leaf hash."""
+
+    index: int
+    entry: Entry
+    data: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class Appended(LoggedEntry):
+    """The answer to an append; ``replayed`` when an idempotency key had already been answered."""
+
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    """The log's current size and RFC 9162 root hash."""
+
+    size: int
+    root: bytes
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LockedHead:
+    """The head row as the append lock read it."""
+
+    size: int
+    root: bytes
+    frontier: bytes
+    """The perfect subtrees of the binary decomposition of ``size`` (RFC 9162 §2.1.1), largest
+    first, concatenated: the right edge a new leaf hashes against (at most 64 hashes)."""
+
+    def edge(self) -> dict[int, bytes]:
+        """The frontier as ``{level: hash}``; raises LedgerStoreError if it does not fit size."""
+        levels = [
+            level for level in reversed(range(self.size.bit_length())) if self.size >> level & 1
+        ]
+        if len(self.frontier) != HASH_SIZE * len(levels):
+            raise LedgerStoreError("the ledger head's right edge does not match its size")
+        return {
+            level: self.frontier[i * HASH_SIZE : (i + 1) * HASH_SIZE]
+            for i, level in enumerate(levels)
+        }
+
+
+def lock_head(conn: sa.Connection) -> LockedHead:
+    """``SELECT ... FROM ledger_head WHERE id = 1 FOR UPDATE``: the append lock (module doc).
+
+    In READ COMMITTED a statement reads the rows committed before it started, apart from the
+    locked row itself, which it re-reads once the lock is granted: whatever else must see the
+    previous holder's writes (idempotency keys, balances, nodes) is read by later statements.
+    """
+    row = conn.execute(
+        sa.select(head_table.c.size, head_table.c.root, head_table.c.frontier)
+        .where(head_table.c.id == 1)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise LedgerStoreError("the ledger head row is missing: run the ledger migrations")
+    return LockedHead(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+
+def fetch_nodes(
+    conn: sa.Connection, positions: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """The perfect subtrees at ``(level, index)`` positions, in one query.
+
+    Level 0 is the entries' leaf hashes, higher levels the nodes table. Raises
+    :class:`LedgerStoreError` if one is missing (a damaged store).
+    """
+    wanted = set(positions)
+    if not wanted:
+        return {}
+    leaves = sorted(index for level, index in wanted if level == 0)
+    inner = sorted(position for position in wanted if position[0] > 0)
+    if _is_postgresql(conn):
+        rows = conn.exec_driver_sql(
+            _PG_FETCH_NODES,
+            {
+                "leaves": leaves,
+                "levels": [level for level, _ in inner],
+                "indexes": [index for _, index in inner],
+            },
+        )
+        found = {(int(row[0]), int(row[1])): bytes(row[2]) for row in rows}
+        if len(found) != len(wanted):
+            raise LedgerStoreError(
+                f"the ledger store lacks {len(wanted) - len(found)} tree node(s)"
+            )
+        return found
+    parts: list[sa.Select[Any]] = []
+    if leaves:
+        parts.append(
+            sa.select(
+                sa.literal(0, sa.SmallInteger).label("level"),
+                entries_table.c.idx,
+                entries_table.c.leaf_hash.label("hash"),
+            ).where(entries_table.c.idx.in_(leaves))
+        )
+    if inner:
+        parts.append(
+            sa.select(nodes_table.c.level, nodes_table.c.idx, nodes_table.c.hash).where(
+                sa.tuple_(nodes_table.c.level, nodes_table.c.idx).in_(inner)
+            )
+        )
+    statement = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+    found = {(int(row[0]), int(row[1])): bytes(row[2]) for row in conn.execute(statement)}
+    if len(found) != len(wanted):
+        raise LedgerStoreError(f"the ledger store lacks {len(wanted) - len(found)} tree node(s)")
+    return found
+
+
+@dataclass
+class _New:
+    request: int
+    index: int
+    entry: Entry
+    data: bytes
+    leaf_hash: bytes
+    idempotency: IdempotencyKey | None
+
+
+class LedgerStore:
+    """The log in a database: appends, reads, proofs and tiles. Thread-safe (engine pooling)."""
+
+    def __init__(self, engine: sa.Engine, *, clock: Clock = _utc_now) -> None:
+        self.engine = engine
+        self._clock = clock
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def append(self, event: Event, *, idempotency: IdempotencyKey | None = None) -> Appended:
+        """Append one event in its own transaction; raises :class:`AppendRejected` if refused."""
+        (outcome,) = self.append_many([AppendRequest(event, idempotency)])
+        if isinstance(outcome, AppendRejected):
+            raise outcome
+        return outcome
+
+    def append_many(self, requests: Sequence[AppendRequest]) -> list[Appended | AppendRejected]:
+        """Append every request in one transaction (one head lock, multi-row inserts).
+
+        Returns one outcome per request, in order: an :class:`Appended`, or the
+        :class:`AppendRejected` error for a request that was refused (nothing of it written).
+        Requests are applied in order, so a withdrawal may spend what an earlier act in the same
+        batch credited. Raises :class:`LedgerStoreError` if the database fails (nothing written).
+        """
+        requests = list(requests)
+        for request in requests:
+            if not isinstance(request, AppendRequest):
+                raise LedgerError("append_many takes AppendRequest items")
+            if not isinstance(request.event, _EVENTS):
+                raise EntryError("unknown event type")
+        if not requests:
+            return []
+        keys = sorted(
+            {(r.idempotency.partner, r.idempotency.key) for r in requests if r.idempotency}
+        )
+        debtors = sorted(
+            {r.event.pseudonym for r in requests if isinstance(r.event, WithdrawalDebited)}
+        )
+        now = self._clock()
+        try:
+            if self.engine.dialect.name == "postgresql":
+                return _append_postgresql(self.engine, requests, keys, debtors, now)
+            with self.engine.begin() as conn:
+                head = lock_head(conn)
+                plan = _plan(
+                    requests,
+                    head,
+                    _answered(conn, keys) if keys else {},
+                    _balances(conn, debtors) if debtors else {},
+                    now,
+                )
+                if plan.writes is not None:
+                    _write(conn, plan.writes)
+                return plan.results
+        except (SQLAlchemyError, psycopg.Error) as exc:
+            raise LedgerStoreError(f"cannot append to the ledger: {type(exc).__name__}") from exc
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def head(self) -> TreeHead:
+        """The current tree size and root."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(head_table.c.size, head_table.c.root, head_table.c.updated_at).where(
+                    head_table.c.id == 1
+                )
+            ).one()
+        return TreeHead(int(row.size), bytes(row.root), _aware(row.updated_at))
+
+    def entry(self, index: int) -> LoggedEntry | None:
+        """The entry at ``index``, or ``None`` if the log is not that long."""
+        found = self.entries(index, index + 1)
+        return found[0] if found else None
+
+    def entries(self, start: int, stop: int) -> list[LoggedEntry]:
+        """Entries ``start <= index < stop``, in index order."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(entries_table.c.idx, entries_table.c.data, entries_table.c.leaf_hash)
+                .where(entries_table.c.idx >= start, entries_table.c.idx < stop)
+                .order_by(entries_table.c.idx)
+            ).all()
+        return [_logged(row.idx, row.data, row.leaf_hash) for row in rows]
+
+    def history(
+        self, pseudonym: str, *, before: int | None = None, limit: int = 100
+    ) -> list[LoggedEntry]:
+        """A pseudonym's entries (acts credited, withdrawals), newest first, ``index < before``."""
+        query = sa.select(
+            entries_table.c.idx, entries_table.c.data, entries_table.c.leaf_hash
+        ).where(entries_table.c.pseudonym == pseudonym)
+        if before is not None:
+            query = query.where(entries_table.c.idx < before)
+        query = query.order_by(entries_table.c.idx.desc()).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [_logged(row.idx, row.data, row.leaf_hash) for row in rows]
+
+    def balance(self, pseudonym: str) -> int:
+        """The pseudonym's points (0 if it never had any)."""
+        with self._read() as conn:
+            return _balances(conn, {pseudonym}).get(pseudonym, 0)
+
+    def find_idempotent(self, key: IdempotencyKey) -> Appended | None:
+        """The first answer given for ``key``, or ``None`` if it was never used.
+
+        Raises :class:`IdempotencyConflict` if it was used with a different request digest.
+        """
+        with self._read() as conn:
+            answered = _answered(conn, {(key.partner, key.key)})
+        if not answered:
+            return None
+        digest, logged = answered[key.partner, key.key]
+        outcome = _replay(key, digest, logged)
+        if isinstance(outcome, AppendRejected):
+            raise outcome
+        return outcome
+
+    # -- proofs and tiles ----------------------------------------------------------------------
+
+    def root_at(self, size: int) -> bytes:
+        """RFC 9162 §2.1.1 root of the tree at ``size`` (at most log2(size) nodes read)."""
+        with self._read() as conn:
+            self._check_size(conn, size)
+            return tree_root(SubtreeMap(fetch_nodes(conn, tree_root_nodes(size))), size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 §2.1.3.1 inclusion proof of leaf ``index`` in the tree of ``size`` leaves."""
+        if not 0 <= index < size:
+            raise ProofError(f"leaf index {index} is outside a tree of size {size}")
+        with self._read() as conn:
+            self._check_size(conn, size)
+            nodes = fetch_nodes(conn, inclusion_proof_nodes(index, size))
+        return inclusion_proof(SubtreeMap(nodes), index, size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """RFC 9162 §2.1.4.1 consistency proof from the tree at ``size1`` to ``size2``."""
+        if not 0 < size1 <= size2:
+            raise ProofError(f"no consistency proof from size {size1} to size {size2}")
+        with self._read() as conn:
+            self._check_size(conn, size2)
+            nodes = fetch_nodes(conn, consistency_proof_nodes(size1, size2))
+        return consistency_proof(SubtreeMap(nodes), size1, size2)
+
+    def tile(self, tile: Tile) -> bytes:
+        """A C2SP tlog-tiles hash tile (``tile/<L>/<N>[.p/<W>]``): ``width`` hashes at Merkle
+        level ``8 * L``. Partial tiles of any width the tree has reached are served."""
+        if tile.level == ENTRIES:
+            raise TileError("entry bundles hold entries: use entry_bundle")
+        level = TILE_HEIGHT * tile.level
+        first = tile.index * TILE_WIDTH
+        stop = first + tile.width
+        with self._read() as conn:
+            self._check_tile(conn, level, stop)
+            if level == 0:
+                query = sa.select(entries_table.c.leaf_hash).where(
+                    entries_table.c.idx >= first, entries_table.c.idx < stop
+                )
+                query = query.order_by(entries_table.c.idx)
+            else:
+                query = sa.select(nodes_table.c.hash).where(
+                    nodes_table.c.level == level,
+                    nodes_table.c.idx >= first,
+                    nodes_table.c.idx < stop,
+                )
+                query = query.order_by(nodes_table.c.idx)
+            hashes = [bytes(value) for value in conn.execute(query).scalars()]
+        if len(hashes) != tile.width:
+            raise LedgerStoreError(f"the ledger store lacks hashes of tile {tile.path()}")
+        return b"".join(hashes)
+
+    def entry_bundle(self, tile: Tile) -> bytes:
+        """A C2SP tlog-tiles entry bundle (``tile/entries/<N>[.p/<W>]``)."""
+        if tile.level != ENTRIES:
+            raise TileError("hash tiles hold hashes: use tile")
+        first = tile.index * TILE_WIDTH
+        stop = first + tile.width
+        with self._read() as conn:
+            self._check_tile(conn, 0, stop)
+            data = [
+                bytes(value)
+                for value in conn.execute(
+                    sa.select(entries_table.c.data)
+                    .where(entries_table.c.idx >= first, entries_table.c.idx < stop)
+                    .order_by(entries_table.c.idx)
+                ).scalars()
+            ]
+        if len(data) != tile.width:
+            raise LedgerStoreError(f"the ledger store lacks entries of {tile.path()}")
+        return entry_bundle(data)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        """A connection for reads; database failures become :class:`LedgerStoreError`."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise LedgerStoreError(f"cannot read the ledger: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _head_size(conn: sa.Connection) -> int:
+        return int(
+            conn.execute(sa.select(head_table.c.size).where(head_table.c.id == 1)).scalar_one()
+        )
+
+    def _check_size(self, conn: sa.Connection, size: int) -> None:
+        head = self._head_size(conn)
+        if not 0 <= size <= head:
+            raise ProofError(f"tree size {size} is outside 0..{head}")
+
+    def _check_tile(self, conn: sa.Connection, level: int, stop: int) -> None:
+        if stop > self._head_size(conn) >> level:
+            raise TileError("the tile lies beyond the tree")
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _logged(index: int, data: bytes, leaf: bytes) -> LoggedEntry:
+    return LoggedEntry(int(index), decode_entry(bytes(data)), bytes(data), bytes(leaf))
+
+
+def _as_replay(first: LoggedEntry) -> Appended:
+    return Appended(first.index, first.entry, first.data, first.leaf_hash, replayed=True)
+
+
+def _conflict() -> IdempotencyConflict:
+    return IdempotencyConflict("the idempotency key was first used for a different request")
+
+
+def _replay(
+    key: IdempotencyKey, digest: bytes, logged: LoggedEntry
+) -> Appended | IdempotencyConflict:
+    if digest != key.request_digest:
+        return _conflict()
+    return _as_replay(logged)
+
+
+def _answered(
+    conn: sa.Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[bytes, LoggedEntry]]:
+    i, e = idempotency_table, entries_table
+    rows = conn.execute(
+        sa.select(i.c.partner, i.c.key, i.c.request_digest, e.c.idx, e.c.data, e.c.leaf_hash)
+        .join(e, e.c.idx == i.c.idx)
+        .where(sa.tuple_(i.c.partner, i.c.key).in_(sorted(keys)))
+    )
+    return {(row[0], row[1]): (bytes(row[2]), _logged(row[3], row[4], row[5])) for row in rows}
+
+
+def _balances(conn: sa.Connection, pseudonyms: Iterable[str]) -> dict[str, int]:
+    rows = conn.execute(
+        sa.select(balances_table.c.pseudonym, balances_table.c.points).where(
+            balances_table.c.pseudonym.in_(sorted(pseudonyms))
+        )
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    results: list[Appended | AppendRejected]
+    writes: _Writes | None
+
+
+def _plan(
+    requests: list[AppendRequest],
+    head: LockedHead,
+    answered: dict[tuple[str, str], tuple[bytes, LoggedEntry]],
+    balances: dict[str, int],
+    now: datetime,
+) -> _Plan:
+    """What appending ``requests`` to the locked ``head`` does: pure Python, no database.
+
+    ``answered`` holds the first answers of the batch's idempotency keys, ``balances`` the
+    balances of the pseudonyms it debits, both read under the lock.
+    """
+    size = head.size
+    recorded_at = int(now.timestamp())
+    outcomes: list[Appended | AppendRejected | int] = []
+    deltas: dict[str, int] = {}
+    new: list[_New] = []
+    batch_keys: dict[tuple[str, str], tuple[bytes, int]] = {}
+    for position, request in enumerate(requests):
+        key = request.idempotency
+        if key is not None:
+            slot = (key.partner, key.key)
+            if slot in answered:
+                digest, logged = answered[slot]
+                outcomes.append(_replay(key, digest, logged))
+                continue
+            if slot in batch_keys:
+                digest, earlier = batch_keys[slot]
+                outcomes.append(earlier if digest == key.request_digest else _conflict())
+                continue
+        event = request.event
+        if isinstance(event, WithdrawalDebited):
+            available = balances.get(event.pseudonym, 0) + deltas.get(event.pseudonym, 0)
+            if available < event.points:
+                outcomes.append(
+                    InsufficientBalance(
+                        f"a withdrawal of {event.points} points exceeds the balance"
+                    )
+                )
+                continue
+            deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) - event.points
+        elif isinstance(event, ActCredited):
+            deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) + event.points
+        entry = Entry(recorded_at, event)
+        data = encode_entry(entry)
+        new.append(_New(position, size + len(new), entry, data, leaf_hash(data), key))
+        if key is not None:
+            batch_keys[key.partner, key.key] = (key.request_digest, position)
+        outcomes.append(position)  # resolved below
+
+    appended = {
+        item.request: Appended(item.index, item.entry, item.data, item.leaf_hash) for item in new
+    }
+    results: list[Appended | AppendRejected] = []
+    for position, outcome in enumerate(outcomes):
+        if isinstance(outcome, int):
+            first = appended[outcome]
+            results.append(first if outcome == position else _as_replay(first))
+        else:
+            results.append(outcome)
+    if not new:
+        return _Plan(results, None)
+    nodes, root, frontier = _grow(head, [item.leaf_hash for item in new])
+    return _Plan(results, _Writes(new, nodes, deltas, now, size + len(new), root, frontier))
+
+
+def _append_postgresql(
+    engine: sa.Engine,
+    requests: list[AppendRequest],
+    keys: list[tuple[str, str]],
+    debtors: list[str],
+    now: datetime,
+) -> list[Appended | AppendRejected]:
+    """The append transaction on PostgreSQL in two round trips, with psycopg's pipeline mode.
+
+    First ``BEGIN``, the head lock, the idempotency keys and the debtors' balances go out
+    together; the server runs them in order, so the reads start once the lock is granted and,
+    in READ COMMITTED, each sees what the previous holder committed. Then the one write
+    statement and ``COMMIT`` go out together.
+    """
+    raw = engine.raw_connection()
+    try:
+        pg: Any = raw.driver_connection
+        try:
+            with pg.pipeline():
+                head_rows = pg.execute(_PG_LOCK_HEAD)
+                key_rows = (
+                    pg.execute(
+                        _PG_ANSWERED,
+                        {"partners": [p for p, _ in keys], "keys": [k for _, k in keys]},
+                    )
+                    if keys
+                    else None
+                )
+                balance_rows = (
+                    pg.execute(_PG_BALANCES, {"pseudonyms": debtors}) if debtors else None
+                )
+                size, root, frontier = head_rows.fetchone()
+            head = LockedHead(int(size), bytes(root), bytes(frontier))
+            answered = {
+                (row[0], row[1]): (bytes(row[2]), _logged(row[3], row[4], row[5]))
+                for row in (key_rows.fetchall() if key_rows is not None else ())
+            }
+            balances = {
+                row[0]: int(row[1])
+                for row in (balance_rows.fetchall() if balance_rows is not None else ())
+            }
+            plan = _plan(requests, head, answered, balances, now)
+            with pg.pipeline():
+                if plan.writes is not None:
+                    pg.execute(_PG_WRITE, _pg_write_parameters(plan.writes))
+                pg.commit()
+        except BaseException:
+            pg.rollback()
+            raise
+        return plan.results
+    finally:
+        raw.close()
+
+
+def _grow(
+    head: LockedHead, leaves: list[bytes]
+) -> tuple[list[tuple[int, int, bytes]], bytes, bytes]:
+    """Appending ``leaves`` to the tree of ``head``: the perfect subtrees they complete
+    (``(level, index, hash)``, level >= 1), the new root and the new frontier (RFC 9162 §2.1.1).
+    """
+    # frontier[level]: the perfect subtree at that level still waiting for a right sibling.
+    frontier = head.edge()
+    rows: list[tuple[int, int, bytes]] = []
+    for offset, leaf in enumerate(leaves):
+        node, level, index = leaf, 0, head.size + offset
+        while index & 1:
+            node = node_hash(frontier.pop(level), node)
+            level += 1
+            index >>= 1
+            rows.append((level, index, node))
+        frontier[level] = node
+    root: bytes | None = None
+    for level in sorted(frontier):  # fold right to left: the lowest level is rightmost
+        root = frontier[level] if root is None else node_hash(frontier[level], root)
+    edge = b"".join(frontier[level] for level in sorted(frontier, reverse=True))
+    return rows, root if root is not None else EMPTY_ROOT, edge
+
+
+@dataclass(frozen=True)
+class _Writes:
+    """Everything one append transaction writes."""
+
+    new: list[_New]
+    nodes: list[tuple[int, int, bytes]]
+    deltas: dict[str, int]
+    now: datetime
+    size: int
+    root: bytes
+    frontier: bytes
+
+    @property
+    def keyed(self) -> list[tuple[_New, IdempotencyKey]]:
+        return [(item, item.idempotency) for item in self.new if item.idempotency is not None]
+
+    @property
+    def credits(self) -> list[tuple[str, int]]:
+        """Net credits per pseudonym: they may create the balance row."""
+        return sorted((p, d) for p, d in self.deltas.items() if d > 0)
+
+    @property
+    def debits(self) -> list[tuple[str, int]]:
+        """Net debits: they only ever touch an existing row (inserting a negative row would trip
+        the CHECK before ON CONFLICT applies, on SQLite)."""
+        return sorted((p, d) for p, d in self.deltas.items() if d < 0)
+
+
+def _write(conn: sa.Connection, writes: _Writes) -> None:
+    """The writes through SQLAlchemy, table by table (SQLite: in-process, executemany)."""
+    now = writes.now
+    conn.execute(
+        entries_table.insert(),
+        [
+            {
+                "idx": item.index,
+                "kind": int(item.entry.kind),
+                "pseudonym": item.entry.pseudonym,
+                "data": item.data,
+                "leaf_hash": item.leaf_hash,
+                "created_at": now,
+            }
+            for item in writes.new
+        ],
+    )
+    if writes.nodes:
+        conn.execute(
+            nodes_table.insert(),
+            [{"level": level, "idx": index, "hash": value} for level, index, value in writes.nodes],
+        )
+    if keyed := writes.keyed:
+        conn.execute(
+            idempotency_table.insert(),
+            [
+                {
+                    "partner": key.partner,
+                    "key": key.key,
+                    "request_digest": key.request_digest,
+                    "idx": item.index,
+                    "created_at": now,
+                }
+                for item, key in keyed
+            ],
+        )
+    if credits := writes.credits:
+        conn.execute(
+            _UPSERT_BALANCE, [{"pseudonym": p, "delta": d, "now": now} for p, d in credits]
+        )
+    if debits := writes.debits:
+        conn.execute(_DEBIT_BALANCE, [{"pseudonym": p, "delta": d, "now": now} for p, d in debits])
+    conn.execute(
+        head_table.update()
+        .where(head_table.c.id == 1)
+        .values(size=writes.size, root=writes.root, frontier=writes.frontier, updated_at=now)
+    )
+
+
+def _pg_write_parameters(writes: _Writes) -> dict[str, object]:
+    """The parameters of ``_PG_WRITE``: every column of every table as one array."""
+    new, keyed, credits, debits = writes.new, writes.keyed, writes.credits, writes.debits
+    return {
+        "e_idx": [item.index for item in new],
+        "e_kind": [int(item.entry.kind) for item in new],
+        "e_pseudonym": [item.entry.pseudonym for item in new],
+        "e_data": [item.data for item in new],
+        "e_leaf": [item.leaf_hash for item in new],
+        "n_level": [row[0] for row in writes.nodes],
+        "n_idx": [row[1] for row in writes.nodes],
+        "n_hash": [row[2] for row in writes.nodes],
+        "i_partner": [key.partner for _, key in keyed],
+        "i_key": [key.key for _, key in keyed],
+        "i_digest": [key.request_digest for _, key in keyed],
+        "i_idx": [item.index for item, _ in keyed],
+        "c_pseudonym": [p for p, _ in credits],
+        "c_delta": [d for _, d in credits],
+        "d_pseudonym": [p for p, _ in debits],
+        "d_delta": [d for _, d in debits],
+        "size": writes.size,
+        "root": writes.root,
+        "frontier": writes.frontier,
+        "now": writes.now,
+    }
+
+
+# --- group commit -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    request: AppendRequest
+    future: Future[Appended]
+
+
+class GroupCommitAppender:
+    """Concurrent appends sharing transactions: one writer thread, many callers.
+
+    Callers :meth:`submit` and get a :class:`~concurrent.futures.Future`; the writer takes
+    whatever is queued (``max_batch`` at most; with ``linger`` > 0 it also waits for requests
+    that keep arriving with gaps under ``linger`` seconds, ``max_wait`` in all), appends them with
+    :meth:`LedgerStore.append_many` in one transaction and resolves each future with its
+    :class:`Appended` (or its :class:`AppendRejected`, or :class:`LedgerStoreError` for the whole
+    batch). Requests queue up while a commit is in flight, so under load each commit carries
+    many of them, and at low load nothing waits (measured: no linger beats any linger for
+    callers that each wait for their own append). ``asyncio.wrap_future`` turns a future into an
+    awaitable. One appender per store per process; several processes each run their own and
+    share the head lock.
+    """
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        max_batch: int = 512,
+        linger: float = 0.0,
+        max_wait: float = 0.002,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._store = store
+        self._max_batch = max_batch
+        self._linger = linger
+        self._max_wait = max_wait
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ledger-group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, event: Event, *, idempotency: IdempotencyKey | None = None
+    ) -> Future[Appended]:
+        """Queue one append; the future resolves once its transaction committed."""
+        request = AppendRequest(event, idempotency)
+        if not isinstance(event, _EVENTS):  # refused here, not in the writer thread
+            raise EntryError("unknown event type")
+        future: Future[Appended] = Future()
+        with self._lock:
+            if self._closed:
+                raise LedgerStoreError("the appender is closed")
+            self._queue.put(_Pending(request, future))
+        return future
+
+    def append(
+        self,
+        event: Event,
+        *,
+        idempotency: IdempotencyKey | None = None,
+        timeout: float | None = None,
+    ) -> Appended:
+        """:meth:`submit` and wait: returns the :class:`Appended` or raises its error."""
+        return self.submit(event, idempotency=idempotency).result(timeout)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the writer thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+    def __enter__(self) -> GroupCommitAppender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = self._gather(batch)
+            self._commit(batch)
+            if stopping:
+                return
+
+    def _gather(self, batch: list[_Pending]) -> bool:
+        """Add what is queued and what follows closely; ``True`` once ``close`` was called."""
+        deadline = time.monotonic() + self._max_wait
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if self._linger <= 0 or remaining <= 0:
+                    return False
+                try:
+                    item = self._queue.get(timeout=min(self._linger, remaining))
+                except queue.Empty:
+                    return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            outcomes = self._store.append_many([item.request for item in live])
+        except LedgerError as exc:
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        except Exception as exc:  # a caller must never wait forever
+            error = LedgerStoreError(f"append failed: {type(exc).__name__}")
+            for item in live:
+                item.future.set_exception(error)
+            return
+        for item, outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, AppendRejected):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
