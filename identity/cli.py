@@ -21,6 +21,7 @@ from rich.table import Table
 
 from identity import migrate
 from identity.cli_clients import clients_app
+from identity.cli_ledger import ledger_app
 from identity.db import create_engine
 from identity.errors import IdentityError
 from identity.fcsim import create_simulator
@@ -37,6 +38,7 @@ keys_app = typer.Typer(help="Key management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(clients_app, name="clients")
+app.add_typer(ledger_app, name="ledger")
 
 err = Console(stderr=True)
 out = Console()

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     fc_simulator_clients_file: Path | None = None
     #: how long the simulator's "slow" identity makes userinfo wait (development only)
     fc_simulator_slow_seconds: float = Field(default=30.0, ge=0)
+    #: the ledger's log origin (first line of its checkpoints); default: <issuer host>/ledger
+    ledger_origin: str | None = None
     #: how long a login session (and the FranceConnect claims it holds) lives
     session_ttl: timedelta = timedelta(hours=1)
 
@@ -175,6 +177,10 @@ class Settings(BaseSettings):
         if self.fc_issuer:
             return self.fc_issuer.rstrip("/")
         return self.fc_simulator_issuer
+
+    @property
+    def effective_ledger_origin(self) -> str:
+        return self.ledger_origin or f"{urlsplit(self.issuer).hostname}/ledger"
 
     @property
     def identity_url(self) -> str:
