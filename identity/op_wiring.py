@@ -17,6 +17,7 @@ from identity.demo_rps import register_demo_clients
 from identity.demo_rps import router as demo_router
 from identity.op_web import claims_of_session, released_claims
 from identity.op_web import router as op_router
+from identity.registration_web import router as registration_router
 from oidc.backchannel import logout_token, notify
 from oidc.claims import SUPPORTED_CLAIMS
 from oidc.clients import ID_TOKEN_ALGS
@@ -92,6 +93,8 @@ def _backchannel_logout(app: FastAPI) -> Any:
 
 def mount_code_flow(app: FastAPI) -> None:
     app.include_router(op_router)
+    if app.state.settings.registration_token is not None:
+        app.include_router(registration_router)
     if app.state.settings.is_development:
         app.include_router(demo_router)
     inner = app.router.lifespan_context
@@ -124,12 +127,17 @@ def mount_code_flow(app: FastAPI) -> None:
                     register_demo_clients, provider.registry, settings.issuer, settings.data_dir
                 )
             features = provider.features
+            registration = (
+                {"registration_endpoint": provider.issuer + "/register"}
+                if settings.registration_token is not None
+                else {}
+            )
             provider.features = dataclasses.replace(
                 features,
                 grant_types=(*features.grant_types, "authorization_code", "refresh_token"),
                 response_types=("code",),
                 scopes=("openid", "offline_access", "profile", "email", "birth", "age"),
-                extra={**features.extra, **_metadata(provider.issuer)},
+                extra={**features.extra, **_metadata(provider.issuer), **registration},
             )
             yield state
 

@@ -85,8 +85,12 @@ class Settings(BaseSettings):
     fc_simulator_clients_file: Path | None = None
     #: how long the simulator's "slow" identity makes userinfo wait (development only)
     fc_simulator_slow_seconds: float = Field(default=30.0, ge=0)
+    #: initial access token for dynamic client registration (RFC 7591); unset: no /register
+    registration_token: SecretStr | None = None
     #: the ledger's log origin (first line of its checkpoints); default: <issuer host>/ledger
     ledger_origin: str | None = None
+    #: the acts catalogue (TOML) loaded at start; default: ledger/default_catalogue.toml
+    catalogue_file: Path | None = None
     #: how long a login session (and the FranceConnect claims it holds) lives
     session_ttl: timedelta = timedelta(hours=1)
 
@@ -154,6 +158,10 @@ class Settings(BaseSettings):
             or is_placeholder(self.fc_client_secret.get_secret_value())
         ):
             problems.append("NICECARD_FC_CLIENT_SECRET must be the secret FranceConnect issued")
+        if self.registration_token is not None and is_placeholder(
+            self.registration_token.get_secret_value()
+        ):
+            problems.append("NICECARD_REGISTRATION_TOKEN is a placeholder value")
         if self.kek_file is not None and self.kek_file.resolve() == self.dev_kek_path.resolve():
             problems.append("NICECARD_KEK_FILE points at the generated development key")
         return problems
