@@ -23,6 +23,7 @@ from identity.fcsim import create_simulator
 from identity.franceconnect.client import FranceConnectClient
 from identity.franceconnect.wiring import client_config, simulator_config
 from identity.health import router as health_router
+from identity.ledger_wiring import mount_ledger
 from identity.observability import RequestContextMiddleware, configure_logging
 from identity.oidc_wiring import mount_oidc
 from identity.op_wiring import mount_code_flow
@@ -84,6 +85,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     app.include_router(jwks_router(get_keyring))
     mount_oidc(app, clock=clock)
     mount_code_flow(app)
+    mount_ledger(app)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.fc_simulator:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from identity import migrate
+from identity.cli_catalogue import catalogue_app
 from identity.cli_clients import clients_app
 from identity.cli_ledger import ledger_app
 from identity.db import create_engine
@@ -39,6 +40,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(clients_app, name="clients")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(catalogue_app, name="catalogue")
 
 err = Console(stderr=True)
 out = Console()

@@ -18,7 +18,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from identity.observability import request_id_var
-from ledger.errors import LedgerError, LedgerStoreError, ProofError
+from ledger.api import (
+    BatchTooLarge,
+    EntryNotFound,
+    InsufficientScope,
+    InvalidAct,
+    InvalidParameter,
+    Unauthenticated,
+    UnknownSubject,
+)
+from ledger.catalogue import (
+    ActNotAllowed,
+    ActOutsideValidity,
+    ActTypeUnknown,
+    CapExceeded,
+    CatalogueError,
+)
+from ledger.errors import IdempotencyConflict, LedgerError, LedgerStoreError, ProofError, TileError
 from oidc.errors import InvalidClient, InvalidRequest, InvalidToken, OAuthError
 
 log = logging.getLogger("nicecard.errors")
@@ -28,6 +44,20 @@ PROBLEM_JSON = "application/problem+json"
 #: Ledger errors: HTTP status and the stable problem type slug (``/problems/<slug>``).
 LEDGER_PROBLEMS: Mapping[type[LedgerError], tuple[int, str]] = {
     ProofError: (400, "invalid-proof"),
+    Unauthenticated: (401, "invalid-token"),
+    InsufficientScope: (403, "insufficient-scope"),
+    InvalidAct: (422, "invalid-act"),
+    BatchTooLarge: (413, "batch-too-large"),
+    UnknownSubject: (422, "unknown-subject"),
+    EntryNotFound: (404, "entry-not-found"),
+    InvalidParameter: (400, "invalid-parameter"),
+    ActTypeUnknown: (422, "act-type-unknown"),
+    ActNotAllowed: (403, "act-not-allowed"),
+    ActOutsideValidity: (422, "act-outside-validity"),
+    CapExceeded: (409, "cap-exceeded"),
+    CatalogueError: (503, "catalogue-unavailable"),
+    IdempotencyConflict: (409, "idempotency-conflict"),
+    TileError: (404, "tile-not-found"),
     LedgerStoreError: (503, "ledger-unavailable"),
     LedgerError: (400, "ledger-error"),
 }

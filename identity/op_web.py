@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from identity import signin
 from identity.errors import SignInExpired
 from identity.i18n import TEXTS, language
+from identity.ledger_wiring import remember_subject
 from identity.sealing import seal, unseal
 from identity.tables import LoginSession
 from identity.web import (
@@ -236,6 +237,7 @@ async def _issue(
     claims: frozenset[str],
 ) -> Response:
     flow = _flow(request)
+    await remember_subject(request, req.client, citizen.account_id)
     code = await flow.issue_code(
         req,
         Citizen(

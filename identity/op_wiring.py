@@ -136,7 +136,17 @@ def mount_code_flow(app: FastAPI) -> None:
                 features,
                 grant_types=(*features.grant_types, "authorization_code", "refresh_token"),
                 response_types=("code",),
-                scopes=("openid", "offline_access", "profile", "email", "birth", "age"),
+                scopes=(
+                    "openid",
+                    "offline_access",
+                    "profile",
+                    "email",
+                    "birth",
+                    "age",
+                    "points",
+                    "acts:write",
+                    "audit",
+                ),
                 extra={**features.extra, **_metadata(provider.issuer), **registration},
             )
             yield state

@@ -1,0 +1,215 @@
+"""Mounting the ledger's API: who calls (bearer tokens from the OpenID Provider) and which ledger
+pseudonym a partner's pairwise ``sub`` stands for.
+
+The ledger defines the interfaces (:class:`ledger.api.Authenticator`,
+:class:`ledger.api.SubjectDirectory`); this module implements them with the OpenID Provider and
+the identity store, so the ledger never imports either.
+
+Partner subjects: a partner (an OpenID client) knows a citizen by the pairwise ``sub`` of its
+sector. When a citizen signs in to a client, :func:`remember_subject` stores
+``(sector, SHA-256(sub)) -> account`` in ``partner_subject`` (migration 0005); an act posted for
+that ``sub`` is mapped through it to the account's ledger pseudonym. Deleting the account deletes
+the rows (``ON DELETE CASCADE``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from identity.http_errors import LEDGER_PROBLEMS, _ledger_problem
+from identity.tables import Account
+from ledger.api import (
+    Caller,
+    LedgerService,
+    Unauthenticated,
+    ledger_router,
+)
+from ledger.catalogue import DEFAULT_CATALOGUE, CatalogueCache, load_catalogue, publish_catalogue
+from ledger.errors import LedgerError, LedgerStoreError
+from ledger.store import LedgerStore
+from oidc.clients import Client
+from oidc.code_flow import CodeFlow
+from oidc.errors import OAuthError
+from oidc.pairwise import sector_of
+from oidc.provider import OpenIDProvider
+
+log = logging.getLogger("nicecard.ledger")
+
+_metadata = sa.MetaData()
+partner_subject = sa.Table(
+    "partner_subject",
+    _metadata,
+    sa.Column("sector", sa.String(255), primary_key=True),
+    sa.Column("sub_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("account_id", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""Created by ``identity/migrations/versions/0005_partner_subjects.py``."""
+
+_account = Account.__table__  # type: ignore[attr-defined]
+
+
+def _sub_hash(sub: str) -> bytes:
+    return hashlib.sha256(sub.encode("utf-8")).digest()
+
+
+def classify(error: LedgerError) -> tuple[int, str]:
+    """The status and problem slug of a ledger error, from ``http_errors.LEDGER_PROBLEMS``."""
+    for cls in type(error).__mro__:
+        if cls in LEDGER_PROBLEMS:
+            return LEDGER_PROBLEMS[cls]
+    return 400, "ledger-error"
+
+
+class TokenAuthenticator:
+    """Bearer access tokens (RFC 6750) verified by the OpenID Provider.
+
+    A client-credentials token (``sub == client_id``) is a partner; a token issued through the
+    code flow is a citizen, whose grant names the account and so the ledger pseudonym.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("a bearer access token is required")
+        provider: OpenIDProvider = self._app.state.oidc
+        try:
+            claims = provider.verifier.verify(token)
+            if await run_in_threadpool(provider.revocations.is_revoked, claims.jti):
+                raise Unauthenticated("access token is not valid")
+            if claims.sub == claims.client_id:
+                return Caller(scopes=claims.scope, partner=claims.client_id)
+            flow: CodeFlow = self._app.state.code_flow
+            _, grant = await run_in_threadpool(flow.access_token_grant, token)
+        except OAuthError:
+            raise Unauthenticated("access token is not valid") from None
+        pseudonym = await run_in_threadpool(self._pseudonym, grant.account_id)
+        if pseudonym is None:
+            raise Unauthenticated("access token is not valid")
+        return Caller(scopes=claims.scope, pseudonym=pseudonym)
+
+    def _pseudonym(self, account_id: str) -> str | None:
+        engine: sa.Engine = self._app.state.runtime.identity_engine
+        with engine.connect() as conn:
+            value = conn.execute(
+                sa.select(_account.c.ledger_pseudonym).where(_account.c.id == account_id)
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+
+class PartnerSubjects:
+    """A partner's pairwise subjects -> ledger pseudonyms, through ``partner_subject``."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    async def pseudonyms(self, partner: str, subjects: Sequence[str]) -> Mapping[str, str]:
+        provider: OpenIDProvider = self._app.state.oidc
+        client = await provider.directory.get(partner)
+        if client is None:
+            return {}
+        sector = sector_of(client)
+        by_hash = {_sub_hash(sub): sub for sub in subjects}
+        engine: sa.Engine = self._app.state.runtime.identity_engine
+
+        def read() -> dict[str, str]:
+            p = partner_subject
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(p.c.sub_hash, _account.c.ledger_pseudonym)
+                    .join(_account, _account.c.id == p.c.account_id)
+                    .where(p.c.sector == sector, p.c.sub_hash.in_(sorted(by_hash)))
+                ).all()
+            return {by_hash[bytes(row[0])]: str(row[1]) for row in rows}
+
+        return await run_in_threadpool(read)
+
+
+def _remember(engine: sa.Engine, sector: str, sub: str, account_id: str, now: datetime) -> None:
+    p = partner_subject
+    with engine.begin() as conn:
+        exists = conn.execute(
+            sa.select(p.c.account_id).where(p.c.sector == sector, p.c.sub_hash == _sub_hash(sub))
+        ).first()
+        if exists is None:
+            conn.execute(
+                p.insert().values(
+                    sector=sector, sub_hash=_sub_hash(sub), account_id=account_id, created_at=now
+                )
+            )
+
+
+async def remember_subject(request: Request, client: Client, account_id: str) -> None:
+    """Record which account the client's sector knows by its pairwise ``sub`` (at sign-in)."""
+    app = request.app
+    flow: CodeFlow = app.state.code_flow
+    sub = flow.subject(client, account_id)
+    with contextlib.suppress(sa.exc.IntegrityError):  # a concurrent sign-in stored it
+        await run_in_threadpool(
+            _remember,
+            app.state.runtime.identity_engine,
+            sector_of(client),
+            sub,
+            account_id,
+            app.state.clock(),
+        )
+
+
+def mount_ledger(app: FastAPI) -> None:
+    """Add the ledger routes; at start, publish the catalogue file if it changed."""
+    app.include_router(ledger_router())
+    inner = app.router.lifespan_context
+
+    async def on_unauthenticated(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LedgerError)
+        response = _ledger_problem(request, exc)
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return response
+
+    app.add_exception_handler(Unauthenticated, on_unauthenticated)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
+        async with inner(app_) as state:
+            runtime = app_.state.runtime
+            settings = app_.state.settings
+            store = LedgerStore(runtime.ledger_engine, clock=app_.state.clock)
+            catalogue = load_catalogue(settings.catalogue_file or DEFAULT_CATALOGUE)
+            try:
+                published = await run_in_threadpool(publish_catalogue, store, catalogue)
+            except LedgerStoreError:
+                if settings.is_development:
+                    raise
+                # Stay up so /readyz can say the ledger store is not migrated; the catalogue
+                # is published at the next start (or by 'nicecard catalogue load').
+                log.warning("acts catalogue not published; run 'nicecard db upgrade'")
+            else:
+                log.info("acts catalogue in force", extra={"version": published.version})
+            app_.state.ledger = LedgerService(
+                store=store,
+                keyring=runtime.keyring,
+                origin=settings.effective_ledger_origin,
+                authenticator=TokenAuthenticator(app_),
+                subjects=PartnerSubjects(app_),
+                catalogue=CatalogueCache(store),
+                classify=classify,
+                problem_base=settings.issuer + "/problems/",
+                clock=app_.state.clock,
+            )
+            yield state
+
+    app.router.lifespan_context = lifespan
