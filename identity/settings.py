@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     fc_simulator_slow_seconds: float = Field(default=30.0, ge=0)
     #: initial access token for dynamic client registration (RFC 7591); unset: no /register
     registration_token: SecretStr | None = None
+    #: how often a checkpoint is signed when the ledger grew
+    checkpoint_seconds: float = Field(default=10.0, gt=0)
     #: the ledger's log origin (first line of its checkpoints); default: <issuer host>/ledger
     ledger_origin: str | None = None
     #: the acts catalogue (TOML) loaded at start; default: ledger/default_catalogue.toml
