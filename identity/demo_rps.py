@@ -9,11 +9,13 @@ talk to the provider over HTTP like any other relying party; they exist only in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -40,6 +42,8 @@ class DemoApp:
     host: str
     scope: str
     claims: frozenset[str]
+    #: what the app may do as a partner, for itself (client_credentials), if anything
+    partner_scope: str = ""
 
     @property
     def client_id(self) -> str:
@@ -57,6 +61,7 @@ DEMO_APPS = {
         "127.0.0.1",
         "openid age",
         frozenset({"age_over_18", "age_bracket"}),
+        partner_scope="acts:write",
     ),
     "city": DemoApp(
         "city",
@@ -78,11 +83,14 @@ def register_demo_clients(registry: Any, issuer: str, data_dir: Path) -> dict[st
             client_id=app.client_id,
             client_name=app.title,
             token_endpoint_auth_method=AuthMethod.CLIENT_SECRET_BASIC,
-            grant_types=frozenset({GrantType.AUTHORIZATION_CODE}),
+            grant_types=frozenset(
+                {GrantType.AUTHORIZATION_CODE}
+                | ({GrantType.CLIENT_CREDENTIALS} if app.partner_scope else set())
+            ),
             response_types=frozenset({"code"}),
             redirect_uris=(base + "/callback",),
             post_logout_redirect_uris=(base + "/",),
-            scope=frozenset(app.scope.split()),
+            scope=frozenset(app.scope.split()) | frozenset(app.partner_scope.split()),
             claims=app.claims,
         )
         secret = stored.get(app.client_id)
@@ -207,4 +215,40 @@ async def demo_callback(request: Request, name: str) -> Response:
         raise HTTPException(400, "nonce does not match")
     session["result"] = {"id_token": claims, "userinfo": userinfo}
     log.info("demo sign-in", extra={"demo": name})
+    return RedirectResponse(f"/demo/{name}/", status_code=303)
+
+
+@router.post("/demo/{name}/ride")
+async def demo_ride(request: Request, name: str) -> Response:
+    """The transit app records a tram ride for its signed-in user, as a real partner would:
+    a client-credentials token with ``acts:write``, then ``POST /v1/acts`` naming the user by
+    the pairwise ``sub`` this app knows."""
+    app = _app(name)
+    session = _SESSIONS.get(request.cookies.get(_cookie(app), ""))
+    result = (session or {}).get("result") or {}
+    if not app.partner_scope or "id_token" not in result:
+        raise HTTPException(400, "sign in first")
+    issuer = request.app.state.settings.issuer
+    secret = request.app.state.demo_secrets[app.client_id]
+    ticket = secrets.token_hex(16)
+    async with httpx.AsyncClient(timeout=10) as http:
+        token = await http.post(
+            f"{issuer}/token",
+            auth=(app.client_id, secret),
+            data={"grant_type": "client_credentials", "scope": app.partner_scope},
+        )
+        token.raise_for_status()
+        act = {
+            "sub": result["id_token"]["sub"],
+            "type": "tram_ride",
+            "occurred_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "evidence_digest": "sha256:" + hashlib.sha256(ticket.encode()).hexdigest(),
+            "idempotency_key": "ride-" + ticket,
+        }
+        answer = await http.post(
+            f"{issuer}/v1/acts",
+            json=act,
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        )
+    result["ride"] = answer.json()
     return RedirectResponse(f"/demo/{name}/", status_code=303)

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from identity.http_errors import LEDGER_PROBLEMS, _ledger_problem
+from identity.points_web import router as points_router
 from identity.tables import Account
 from ledger.api import (
     Caller,
@@ -174,6 +175,7 @@ async def remember_subject(request: Request, client: Client, account_id: str) ->
 def mount_ledger(app: FastAPI) -> None:
     """Add the ledger routes; at start, publish the catalogue file if it changed."""
     app.include_router(ledger_router())
+    app.include_router(points_router)
     inner = app.router.lifespan_context
 
     async def on_unauthenticated(request: Request, exc: Exception) -> JSONResponse:

@@ -520,7 +520,7 @@ async def history(
         lambda: _service(request).store.history(pseudonym, before=start, limit=count)
     )
     return JSONResponse(
-        {"entries": [_describe(e) for e in found]}, headers={"Cache-Control": "no-store"}
+        {"entries": [describe_for_citizen(e) for e in found]}, headers={"Cache-Control": "no-store"}
     )
 
 
@@ -528,17 +528,22 @@ async def receipt_file(
     request: Request, index: str, authorization: AuthorizationHeader = None
 ) -> Response:
     pseudonym = _citizen(await _caller(request, authorization, POINTS))
-    service = _service(request)
     leaf = _integer(index, "index")
+    data = await run_in_threadpool(own_receipt, _service(request), pseudonym, leaf)
+    return receipt_response(data, leaf)
 
-    def build() -> bytes:
-        logged = service.store.entry(leaf)
-        if logged is None or logged.entry.pseudonym != pseudonym:
-            raise EntryNotFound("no such entry among yours")
-        issue_checkpoint(service.store, service.keyring, origin=service.origin)
-        return receipt(service.store, leaf).to_bytes()
 
-    data = await run_in_threadpool(build)
+def own_receipt(service: LedgerService, pseudonym: str, leaf: int) -> bytes:
+    """The C2SP tlog-proof receipt of one of ``pseudonym``'s entries (a checkpoint is signed
+    first if none covers it yet)."""
+    logged = service.store.entry(leaf)
+    if logged is None or logged.entry.pseudonym != pseudonym:
+        raise EntryNotFound("no such entry among yours")
+    issue_checkpoint(service.store, service.keyring, origin=service.origin)
+    return receipt(service.store, leaf).to_bytes()
+
+
+def receipt_response(data: bytes, leaf: int) -> Response:
     return Response(
         data,
         media_type="text/plain; charset=utf-8",
@@ -571,7 +576,7 @@ def _citizen(caller: Caller) -> str:
     return caller.pseudonym
 
 
-def _describe(logged: LoggedEntry) -> dict[str, Any]:
+def describe_for_citizen(logged: LoggedEntry) -> dict[str, Any]:
     body = describe_entry(logged.entry)
     body.pop("pseudonym", None)
     return {"index": logged.index, "leaf_hash": logged.leaf_hash.hex(), **body}
