@@ -36,16 +36,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from keys.keyring import Keyring
@@ -53,6 +57,7 @@ from ledger.catalogue import FUTURE_SKEW, CapCounter, Catalogue, CatalogueCache
 from ledger.checkpoints import issue_checkpoint, latest_checkpoint, receipt
 from ledger.entries import ActCredited, describe_entry
 from ledger.errors import LedgerError, TileError
+from ledger.export import export
 from ledger.store import Appended, AppendRequest, IdempotencyKey, LedgerStore, LoggedEntry
 from ledger.tables import idempotency_table
 from ledger.tiles import ENTRIES, Tile
@@ -76,6 +81,7 @@ __all__ = [
 MAX_BATCH = 500
 ACTS_WRITE = "acts:write"
 POINTS = "points"
+AUDIT = "audit"
 
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
@@ -445,6 +451,28 @@ async def post_acts(request: Request, authorization: AuthorizationHeader = None)
     return JSONResponse({"results": body}, status_code=207)
 
 
+async def export_file(request: Request, authorization: AuthorizationHeader = None) -> Response:
+    """The whole log as an export file (``ledger/export.py``), for auditors (scope ``audit``):
+    entries name pseudonyms, so this is not public; ``ledger-audit verify --url`` reads it."""
+    await _caller(request, authorization, AUDIT)
+    service = _service(request)
+
+    def build() -> Path:
+        issue_checkpoint(service.store, service.keyring, origin=service.origin)
+        handle, name = tempfile.mkstemp(prefix="ledger-", suffix=".export")
+        os.close(handle)
+        export(service.store, Path(name), origin=service.origin)
+        return Path(name)
+
+    path = await run_in_threadpool(build)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(path.unlink, missing_ok=True),
+    )
+
+
 async def checkpoint(request: Request) -> Response:
     service = _service(request)
     stored = await run_in_threadpool(
@@ -559,6 +587,7 @@ def ledger_router() -> APIRouter:
     router = APIRouter()
     router.add_api_route("/v1/acts", post_acts, methods=["POST"], tags=["partners"])
     router.add_api_route("/ledger/checkpoint", checkpoint, methods=["GET"], tags=["audit"])
+    router.add_api_route("/ledger/export", export_file, methods=["GET"], tags=["audit"])
     router.add_api_route("/ledger/proof/inclusion", inclusion, methods=["GET"], tags=["audit"])
     router.add_api_route("/ledger/proof/consistency", consistency, methods=["GET"], tags=["audit"])
     router.add_api_route("/ledger/tile/{path:path}", tile, methods=["GET"], tags=["audit"])

@@ -16,7 +16,8 @@ successful one.
 Exit codes: 0 the log verifies; 1 tampering, an inconsistency or an economy violation (an
 evidence file is written, ``--evidence`` or ``ledger-audit-evidence-<time>.json`` by default);
 2 a usage or input error (unreadable or malformed file, malformed key, a state file from
-another log). ``verify --url`` (online, with auditor client credentials) is not available yet.
+another log). ``verify --url URL --client-id ID`` fetches the export from a running service with
+auditor client credentials (scope ``audit``; the secret in ``LEDGER_AUDIT_CLIENT_SECRET``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -152,10 +155,54 @@ def _summary(console: Console, report: AuditReport) -> None:
     console.print(table)
 
 
+def _download(url: str, client_id: str, secret: str, console: Console, as_json: bool) -> Path:
+    """Fetch the export from a running service as an auditor: a client_credentials token with
+    scope ``audit`` (client_secret_basic), then ``GET /ledger/export``."""
+    base = url.rstrip("/")
+    try:
+        with httpx.Client(timeout=60) as http:
+            metadata = http.get(base + "/.well-known/openid-configuration")
+            metadata.raise_for_status()
+            token = http.post(
+                metadata.json()["token_endpoint"],
+                auth=(client_id, secret),
+                data={"grant_type": "client_credentials", "scope": "audit"},
+            )
+            if token.status_code != 200:
+                _usage(
+                    console, f"the service refused the auditor's credentials: {token.text}", as_json
+                )
+            handle, name = tempfile.mkstemp(prefix="ledger-audit-", suffix=".export")
+            with (
+                os.fdopen(handle, "wb") as out,
+                http.stream(
+                    "GET",
+                    base + "/ledger/export",
+                    headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+                ) as response,
+            ):
+                if response.status_code != 200:
+                    _usage(
+                        console, f"cannot download the export: HTTP {response.status_code}", as_json
+                    )
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        _usage(console, f"cannot reach {url}: {type(exc).__name__}", as_json)
+    return Path(name)
+
+
 @app.command()
 def verify(
-    export: Annotated[Path, typer.Option("--export", help="Export file to verify.")],
+    export: Annotated[Path | None, typer.Option("--export", help="Export file to verify.")] = None,
     *,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Fetch the export from this service (auditor credentials)."),
+    ] = None,
+    client_id: Annotated[
+        str | None, typer.Option("--client-id", help="Auditor client id (with --url).")
+    ] = None,
     key: KeyOption,
     state: Annotated[
         Path | None, typer.Option("--state", help="State kept between runs (created if absent).")
@@ -169,9 +216,21 @@ def verify(
         typer.Option("--jobs", min=1, max=2, help="Processes (default: 2 for large logs)."),
     ] = None,
 ) -> None:
-    """Recompute the tree, check checkpoints and consistency, and replay the economy."""
+    """Recompute the tree, check checkpoints and consistency, and replay the economy.
+
+    With ``--url``, the export is fetched from the service with the auditor's client
+    credentials (``--client-id`` and the secret in ``LEDGER_AUDIT_CLIENT_SECRET``).
+    """
     console = Console(stderr=as_json)
     verifiers = _verifiers(key, console, as_json)
+    if (export is None) == (url is None):
+        _usage(console, "give exactly one of --export FILE or --url URL", as_json)
+    if url is not None:
+        secret = os.environ.get("LEDGER_AUDIT_CLIENT_SECRET")
+        if client_id is None or not secret:
+            _usage(console, "--url needs --client-id and LEDGER_AUDIT_CLIENT_SECRET", as_json)
+        export = _download(url, client_id, secret, console, as_json)
+    assert export is not None
     try:
         reader = ExportReader(export)
     except ExportError as exc:

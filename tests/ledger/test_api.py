@@ -4,6 +4,7 @@ the FranceConnect simulator; citizens read their points and verify a receipt off
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -268,3 +269,46 @@ def test_tokens_and_bad_bodies_get_problems_never_500(world: World) -> None:
     assert httpx.get(world.url + "/ledger/tile/0/000.p/1").status_code == 200
     assert httpx.get(world.url + "/ledger/tile/entries/000.p/1").status_code == 404
     assert httpx.get(world.url + "/ledger/tile/nonsense").status_code == 404
+
+
+def test_auditor_verifies_online(world: World, tmp_path: Path) -> None:
+    """ledger-audit verify --url: auditor client credentials (scope audit), export over HTTP."""
+    provider = world.provider
+    secret = provider.register("dpo-auditor", scope="audit")
+    assert secret is not None
+    partner_only = provider.register("not-an-auditor", scope="acts:write")
+    settings = provider.app.state.settings
+    key = verifier_keys(provider.app.state.runtime.keyring, settings.effective_ledger_origin)[0]
+    audit = str(Path(sys.executable).parent / "ledger-audit")
+    env = {"PATH": os.environ["PATH"], "LEDGER_AUDIT_CLIENT_SECRET": secret}
+    ok = subprocess.run(
+        [
+            audit,
+            "verify",
+            "--url",
+            provider.url,
+            "--client-id",
+            "dpo-auditor",
+            "--key",
+            key,
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert partner_only is not None
+    refused = subprocess.run(
+        [audit, "verify", "--url", provider.url, "--client-id", "not-an-auditor", "--key", key],
+        cwd=tmp_path,
+        env={**env, "LEDGER_AUDIT_CLIENT_SECRET": partner_only},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    anonymous = httpx.get(provider.url + "/ledger/export")
+    assert anonymous.status_code == 401
