@@ -1,0 +1,261 @@
+"""Acts per second through ``POST /v1/acts`` on PostgreSQL, beside PostgreSQL's own single-row
+INSERT rate measured by pgbench in the same run.
+
+    .venv/bin/python bench/acts_http.py [--seconds 10] [--workers 2] [--citizens 2000]
+
+What it does: creates two fresh PostgreSQL databases (identity, ledger), migrates them, starts
+``nicecard serve`` in production mode (NICECARD_WORKERS processes), registers a partner client
+(client_secret_basic, acts:write) allowed to attest ``tram_ride`` with caps high enough not to
+interfere, seeds citizens the partner knows by pairwise ``sub``, then drives the API with wrk
+(single acts at 16 and 64 connections, and batches of 50 acts at 16 connections; every act has
+its own idempotency key). It then verifies that the ledger holds exactly the acknowledged acts
+(no gap, no double credit), and prints acts/s and the ratio to pgbench's inserts/s.
+Requirements: PostgreSQL on 127.0.0.1:5432 (trust), wrk and pgbench (Debian packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+CATALOGUE = """
+[acts.tram_ride]
+points = 1
+max_per_day = 1000000
+max_per_month = 1000000
+partners = ["bench-partner"]
+valid_from = 2020-01-01
+"""
+
+WRK_SCRIPT = r"""
+local subs = {}
+for line in io.lines(os.getenv("BENCH_SUBS")) do subs[#subs + 1] = line end
+local batch = tonumber(os.getenv("BENCH_BATCH") or "1")
+local token = os.getenv("BENCH_TOKEN")
+local prefix = os.getenv("BENCH_PREFIX")
+local counter = 0
+local thread_id = 0
+function setup(thread) thread_id = thread_id + 1; thread:set("tid", thread_id) end
+local function act()
+  counter = counter + 1
+  local sub = subs[(counter % #subs) + 1]
+  return string.format(
+    '{"sub":"%s","type":"tram_ride","occurred_at":"%s","evidence_digest":"sha256:%064x","idempotency_key":"%s-%d-%d"}',
+    sub, os.getenv("BENCH_WHEN"), counter, prefix, tid or 0, counter)
+end
+function request()
+  local body
+  if batch == 1 then body = act() else
+    local items = {}
+    for i = 1, batch do items[i] = act() end
+    body = '{"acts":[' .. table.concat(items, ",") .. ']}'
+  end
+  return wrk.format("POST", "/v1/acts", {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. token}, body)
+end
+"""
+
+
+def run(*cmd: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def fresh_database(admin: sa.Engine, name: str) -> str:
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    return admin.url.set(database=name).render_as_string(hide_password=False)
+
+
+def pgbench_inserts(seconds: int) -> float:
+    """Single-row INSERTs per second (16 clients), the plain baseline."""
+    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
+    url = fresh_database(admin, "nicecard_bench_pgbench")
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    run("psql", conninfo, "-qc", "CREATE TABLE scratch (id bigserial primary key, body bytea)")
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write("INSERT INTO scratch (body) VALUES ('\\x00112233445566778899');\n")
+    out = run(
+        "pgbench", "-n", "-c", "16", "-j", "2", "-T", str(seconds), "-f", script.name, conninfo
+    )
+    match = re.search(r"tps = ([0-9.]+)", out)
+    admin.dispose()
+    return float(match.group(1)) if match else 0.0
+
+
+def wrk(url: str, seconds: int, connections: int, env: dict[str, str]) -> tuple[float, int]:
+    """Requests per second and non-2xx count."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    out = run(
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "-s",
+        script.name,
+        url,
+        env={**os.environ, **env},
+    )
+    rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rate, int(bad.group(1)) if bad else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--citizens", type=int, default=2000)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    for tool in ("wrk", "pgbench", "psql"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is required (apt-get install wrk postgresql-client)")
+
+    work = Path(tempfile.mkdtemp(prefix="nicecard-bench-"))
+    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
+    identity_url = fresh_database(admin, "nicecard_bench_identity")
+    ledger_url = fresh_database(admin, "nicecard_bench_ledger")
+    (work / "catalogue.toml").write_text(CATALOGUE)
+    env = {
+        "PATH": os.environ["PATH"],
+        "NICECARD_MODE": "production",
+        "NICECARD_ISSUER": "https://bench.nicecard.example",
+        "NICECARD_FC_SIMULATOR": "false",
+        "NICECARD_FC_ISSUER": "https://fc.example/api/v2",
+        "NICECARD_FC_CLIENT_SECRET": base64.b64encode(os.urandom(32)).decode(),
+        "NICECARD_KEK": base64.b64encode(os.urandom(32)).decode(),
+        "NICECARD_IDENTITY_DATABASE_URL": identity_url,
+        "NICECARD_LEDGER_DATABASE_URL": ledger_url,
+        "NICECARD_CATALOGUE_FILE": str(work / "catalogue.toml"),
+        "NICECARD_WORKERS": str(args.workers),
+        "NICECARD_PORT": str(args.port),
+        "NICECARD_LOG_LEVEL": "warning",
+        "NICECARD_DATA_DIR": str(work / "var"),
+    }
+    nicecard = str(BIN / "nicecard")
+    run(nicecard, "db", "upgrade", env=env)
+    run(nicecard, "keys", "init", env=env)
+    added = json.loads(
+        run(
+            nicecard,
+            "clients",
+            "add",
+            "bench-partner",
+            "--grant-type",
+            "client_credentials",
+            "--scope",
+            "acts:write",
+            "--json",
+            env=env,
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    secret = added["client_secret"]
+
+    # Citizens the partner knows: an account and the partner's pairwise sub for it.
+    identity = sa.create_engine(identity_url)
+    subs = [secrets.token_urlsafe(32) for _ in range(args.citizens)]
+    now = datetime.now(UTC)
+    with identity.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO account (id, fc_sub_hash, fc_sub_kid, ledger_pseudonym, created_at,"
+                " last_login_at) VALUES (:id, :h, 'bench', :p, :t, :t)"
+            ),
+            [
+                {"id": f"{i:032x}", "h": os.urandom(32), "p": f"{i:032x}", "t": now}
+                for i in range(args.citizens)
+            ],
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO partner_subject (sector, sub_hash, account_id, created_at)"
+                " VALUES ('client:bench-partner', :h, :id, :t)"
+            ),
+            [
+                {"h": hashlib.sha256(sub.encode()).digest(), "id": f"{i:032x}", "t": now}
+                for i, sub in enumerate(subs)
+            ],
+        )
+    identity.dispose()
+    (work / "subs.txt").write_text("\n".join(subs) + "\n")
+
+    server = subprocess.Popen([nicecard, "serve"], env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise SystemExit("the server did not become ready")
+        token = httpx.post(
+            base + "/token",
+            auth=("bench-partner", secret),
+            data={"grant_type": "client_credentials", "scope": "acts:write"},
+        ).json()["access_token"]
+        common = {
+            "BENCH_SUBS": str(work / "subs.txt"),
+            "BENCH_TOKEN": token,
+            "BENCH_WHEN": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        baseline = pgbench_inserts(args.seconds)
+        print(f"# pgbench single-row INSERT (16 clients): {baseline:,.0f}/s")
+        print(f"# server: nicecard serve, production, {args.workers} workers, PostgreSQL")
+        print("scenario            requests/s   acts/s  non2xx  ratio_to_pgbench")
+        for name, conns, batch in (
+            ("single@c16", 16, 1),
+            ("single@c64", 64, 1),
+            ("batch50@c16", 16, 50),
+        ):
+            rate, bad = wrk(
+                base + "/v1/acts",
+                args.seconds,
+                conns,
+                {**common, "BENCH_BATCH": str(batch), "BENCH_PREFIX": name},
+            )
+            acts = rate * batch
+            print(f"{name:<18} {rate:>11,.0f} {acts:>8,.0f} {bad:>7}  {acts / baseline:>8.2f}")
+        ledger = sa.create_engine(ledger_url)
+        with ledger.connect() as conn:
+            size = conn.execute(sa.text("SELECT size FROM ledger_head")).scalar_one()
+            gaps = conn.execute(sa.text("SELECT count(*) FROM ledger_entries")).scalar_one()
+        ledger.dispose()
+        print(f"# ledger size {size}, entries {gaps}: {'no gap' if size == gaps else 'GAP'}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
