@@ -1,0 +1,99 @@
+"""DPoP proofs (RFC 9449): checking a proof and computing the key it binds to.
+
+:func:`verify_proof` follows §4.3: a JWT with ``typ: dpop+jwt``, an asymmetric ``alg`` from the
+allow-list, a public ``jwk`` in the header (no private members) whose key verifies the
+signature, ``jti``, ``htm`` equal to the request method, ``htu`` equal to the request URL
+without query and fragment, ``iat`` within a window, ``ath`` = SHA-256 of the access token when
+one is presented, and a ``jti`` never seen before (the caller's replay check, shared by every
+server process). It returns the key's RFC 7638 thumbprint (``jkt``), which access tokens carry
+as ``cnf.jkt`` (§6) and codes and refresh tokens are bound to.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import jwt
+
+from oidc.errors import InvalidDPoPProof
+
+ALGS = ("ES256", "PS256", "RS256")
+PROOF_WINDOW_SECONDS = 60
+_PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
+
+ReplayCheck = Callable[[str, str, float], None]
+"""(jkt, jti, expires_at) → None, or raises if this jti was seen for this key."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 §3 over the required members of an EC or RSA public key."""
+    members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
+    if members is None or any(m not in jwk for m in members):
+        raise InvalidDPoPProof("the proof's jwk is not a supported public key")
+    canonical = json.dumps({m: jwk[m] for m in members}, sort_keys=True, separators=(",", ":"))
+    return _b64(hashlib.sha256(canonical.encode()).digest())
+
+
+def access_token_hash(token: str) -> str:
+    return _b64(hashlib.sha256(token.encode("ascii")).digest())
+
+
+def _normalized(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))
+
+
+def verify_proof(
+    proof: str,
+    *,
+    method: str,
+    url: str,
+    now: float,
+    replay: ReplayCheck,
+    access_token: str | None = None,
+) -> str:
+    """Check a DPoP proof for this request; returns the bound key's thumbprint (``jkt``)."""
+    try:
+        header = jwt.get_unverified_header(proof)
+    except jwt.PyJWTError:
+        raise InvalidDPoPProof("the DPoP proof is not a JWT") from None
+    if header.get("typ") != "dpop+jwt":
+        raise InvalidDPoPProof("the DPoP proof must have typ dpop+jwt")
+    alg, jwk = header.get("alg"), header.get("jwk")
+    if alg not in ALGS:
+        raise InvalidDPoPProof("the DPoP proof's alg is not allowed")
+    if not isinstance(jwk, dict) or _PRIVATE & set(jwk):
+        raise InvalidDPoPProof("the DPoP proof must carry a public jwk")
+    jkt = jwk_thumbprint(jwk)
+    try:
+        key = jwt.PyJWK(jwk, algorithm=str(alg)).key
+        claims: dict[str, Any] = jwt.decode(
+            proof,
+            key,
+            algorithms=[str(alg)],
+            options={"require": ["jti", "htm", "htu", "iat"], "verify_aud": False},
+            leeway=PROOF_WINDOW_SECONDS,
+        )
+    except jwt.PyJWTError:
+        raise InvalidDPoPProof("the DPoP proof's signature or claims are invalid") from None
+    if claims["htm"] != method:
+        raise InvalidDPoPProof("htm does not match the request method")
+    if _normalized(str(claims["htu"])) != _normalized(url):
+        raise InvalidDPoPProof("htu does not match the request URL")
+    iat = claims["iat"]
+    if not isinstance(iat, int | float) or abs(now - iat) > PROOF_WINDOW_SECONDS:
+        raise InvalidDPoPProof("the DPoP proof is too old or from the future")
+    if access_token is not None and claims.get("ath") != access_token_hash(access_token):
+        raise InvalidDPoPProof("ath does not match the access token")
+    replay(jkt, str(claims["jti"]), iat + 2 * PROOF_WINDOW_SECONDS)
+    return jkt
