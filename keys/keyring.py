@@ -29,6 +29,9 @@ from keys.store import KeyStore
 Clock = Callable[[], datetime]
 
 
+_JWKS_PURPOSES = frozenset(p for p in Purpose if p.spec.jwks)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -58,6 +61,8 @@ class Keyring:
         self._lock = threading.RLock()
         self._records: dict[str, KeyRecord] = {}
         self._private: dict[str, PrivateKey | bytes] = {}
+        #: JWK Sets already built, by purposes (cleared whenever a record changes)
+        self._published: dict[frozenset[Purpose], dict[str, list[dict[str, Any]]]] = {}
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -66,6 +71,7 @@ class Keyring:
         records = self._store.load()
         with self._lock:
             self._records = {r.kid: r for r in records}
+            self._published.clear()
             self._private = {
                 kid: key
                 for kid, key in self._private.items()
@@ -136,7 +142,10 @@ class Keyring:
     def jwks(self, purposes: Iterable[Purpose] | None = None) -> dict[str, list[dict[str, Any]]]:
         """The public JWK Set (RFC 7517 §5) of the non-destroyed keys of ``purposes``
         (by default, the purposes published in the OpenID Provider's JWKS)."""
-        wanted = set(purposes) if purposes is not None else {p for p in Purpose if p.spec.jwks}
+        wanted = frozenset(purposes) if purposes is not None else _JWKS_PURPOSES
+        cached = self._published.get(wanted)
+        if cached is not None:
+            return cached
         keys = []
         for record in self._records.values():
             if record.purpose not in wanted or record.state is KeyState.DESTROYED:
@@ -144,7 +153,9 @@ class Keyring:
             jwk = material.public_jwk(record.algorithm, record.public)
             jwk.update({"kid": record.kid, "use": "sig", "alg": record.algorithm.value})
             keys.append(jwk)
-        return {"keys": keys}
+        published = {"keys": keys}
+        self._published[wanted] = published
+        return published
 
     def _unsealed(self, record: KeyRecord) -> PrivateKey | bytes:
         cached = self._private.get(record.kid)
@@ -190,6 +201,7 @@ class Keyring:
         with self._lock:
             for record in [*updates, *inserts]:
                 self._records[record.kid] = record
+                self._published.clear()
                 if record.sealed is None:
                     self._private.pop(record.kid, None)
 
