@@ -1,13 +1,14 @@
 """The public JWK Set endpoint (OpenID Connect Discovery §3 ``jwks_uri``; RFC 7517 §5).
 
-No ``from __future__ import annotations`` here: FastAPI must see the closure's dependency.
+A plain Starlette route (FastAPI's dependency solving would cost more than the answer): the
+keyring hands out the same JWK Set object until a key changes, so it is serialized once.
 """
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from keys.keyring import Keyring
@@ -15,14 +16,12 @@ from keys.keyring import Keyring
 JWKS_PATH = "/jwks"
 
 
-def jwks_router(keyring: Callable[..., Keyring]) -> APIRouter:
+def jwks_router(keyring: Callable[[Request], Keyring]) -> APIRouter:
     router = APIRouter()
-    # The keyring hands out the same JWK Set object until a key changes: serialize it once.
     serialized: dict[int, tuple[object, bytes]] = {}
 
-    @router.get(JWKS_PATH, response_class=Response, tags=["openid"])
-    async def jwks(ring: Annotated[Keyring, Depends(keyring)]) -> Response:
-        body: dict[str, Any] = ring.jwks()
+    async def jwks(request: Request) -> Response:
+        body: dict[str, Any] = keyring(request).jwks()
         cached = serialized.get(id(body))
         if cached is None or cached[0] is not body:
             serialized.clear()
@@ -34,4 +33,5 @@ def jwks_router(keyring: Callable[..., Keyring]) -> APIRouter:
             headers={"Cache-Control": "public, max-age=300"},
         )
 
+    router.add_route(JWKS_PATH, jwks, methods=["GET"], include_in_schema=False)
     return router
