@@ -67,9 +67,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 for p in "$PORT" "$PEER_PORT"; do
-  if curl -s -o /dev/null "http://127.0.0.1:$p/"; then echo "port $p is in use" >&2; exit 1; fi
+  if curl -s -m 2 -o /dev/null "http://127.0.0.1:$p/"; then echo "port $p is in use" >&2; exit 1; fi
 done
-wait_for() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
+wait_for() { for _ in $(seq 1 100); do curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
 
 # ---- the harness, in a scratch copy (node_modules stays out of the repository) ------------
 cp -r "$PEER_DIR" "$WORK/peer" && chmod -R u+w "$WORK/peer"

@@ -35,6 +35,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.api_jws import PyJWS
 
 from keys.keyring import Clock, utc_now
 from oidc.clients import ASSERTION_ALGS, AuthMethod, Client, ClientDirectory
@@ -272,7 +273,7 @@ class ClientKeys:
 
 # -- the authenticator ------------------------------------------------------------------------
 
-_CONFIDENTIAL = frozenset(m for m in AuthMethod if m.confidential)
+_UNVERIFIED = PyJWS(options={"verify_signature": False})
 
 
 class ClientAuthenticator:
@@ -324,20 +325,19 @@ class ClientAuthenticator:
         assert client is not None
         return client
 
-    @staticmethod
-    def confidential() -> frozenset[AuthMethod]:
-        return _CONFIDENTIAL
-
     async def _assertion(self, assertion: str, client_id: str | None) -> Client:
         """RFC 7523 §3 processing rules, in order of cost: parse, find the client and its key,
         verify the signature and claims, then record the ``jti``."""
         if len(assertion) > MAX_ASSERTION_LENGTH:
             raise InvalidClient("client assertion too large")
         try:
-            header = jwt.get_unverified_header(assertion)
-            unverified = jwt.decode(assertion, options={"verify_signature": False})
-        except jwt.PyJWTError:
+            # One unverified parse finds the client and its key; pyjwt verifies below.
+            parsed = _UNVERIFIED.decode_complete(assertion, options={"verify_signature": False})
+            header, unverified = parsed["header"], json.loads(parsed["payload"])
+        except (jwt.PyJWTError, ValueError, RecursionError):
             raise InvalidClient("client assertion is not a signed JWT") from None
+        if not isinstance(unverified, dict):
+            raise InvalidClient("client assertion is not a signed JWT")
         alg = header.get("alg")
         if alg not in ASSERTION_ALGS:
             raise InvalidClient(f"client assertion alg must be one of {', '.join(ASSERTION_ALGS)}")

@@ -10,26 +10,37 @@ import time; the clock is a parameter.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import SQLAlchemyError
 
 from keys.keyring import Clock, Keyring, utc_now
 from oidc.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from oidc.authlib_server import AuthlibServer, token_endpoints
 from oidc.client_auth import ClientAuthenticator, ClientKeys, JwksFetch, fetch_jwks
 from oidc.clients import ClientDirectory
-from oidc.discovery import ProviderFeatures
-from oidc.tables import SqlClientRegistry, SqlReplayCache, SqlRevocationList, async_engine_for
+from oidc.discovery import ProviderFeatures, provider_metadata
+from oidc.errors import TemporarilyUnavailable
+from oidc.tables import (
+    AsyncPgReplayCache,
+    ReplayStoreError,
+    SqlClientRegistry,
+    SqlReplayCache,
+    SqlRevocationList,
+    async_replay_cache,
+)
 from oidc.token_endpoint import TokenEndpoint
 
 T = TypeVar("T")
+log = logging.getLogger("nicecard.oidc")
 
 
 class Offload:
@@ -63,11 +74,21 @@ class OpenIDProvider:
     token_endpoint: TokenEndpoint
     authlib: AuthlibServer
     clock: Clock
-    async_engine: AsyncEngine | None = None
+    async_replay: AsyncPgReplayCache | None = None
+    _discovery: tuple[ProviderFeatures, bytes] | None = field(default=None, repr=False)
 
     async def aclose(self) -> None:
-        if self.async_engine is not None:
-            await self.async_engine.dispose()
+        if self.async_replay is not None:
+            await self.async_replay.aclose()
+
+    @property
+    def discovery_document(self) -> bytes:
+        """The discovery document, serialized again only when ``features`` is replaced."""
+        cached = self._discovery
+        if cached is None or cached[0] is not self.features:
+            cached = (self.features, json.dumps(provider_metadata(self.features)).encode())
+            self._discovery = cached
+        return cached[1]
 
     @property
     def issuer(self) -> str:
@@ -96,14 +117,18 @@ def build_provider(
     offload = Offload(db_threads)
     registry = SqlClientRegistry(engine, clock)
     directory = ClientDirectory(registry, offload, ttl=client_cache_seconds)
-    async_engine = async_engine_for(engine)
-    replay = SqlReplayCache(engine, async_engine=async_engine)
+    replay = SqlReplayCache(engine)
+    async_replay = async_replay_cache(engine)
 
     async def replay_check(client_id: str, jti: str, keep_until: datetime) -> None:
-        if replay.is_async:
-            await replay.use_async(client_id, jti, keep_until, clock())
-        else:
-            await offload(replay.use, client_id, jti, keep_until, clock())
+        try:
+            if async_replay is not None:
+                await async_replay.use(client_id, jti, keep_until, clock())
+            else:
+                await offload(replay.use, client_id, jti, keep_until, clock())
+        except (ReplayStoreError, SQLAlchemyError) as exc:
+            log.warning("replay store unavailable", extra={"error": str(exc) or type(exc).__name__})
+            raise TemporarilyUnavailable("client assertions cannot be checked now") from None
 
     audiences = [issuer]
     if features.token_path is not None:
@@ -128,5 +153,5 @@ def build_provider(
         token_endpoint=TokenEndpoint(authenticator, access_tokens),
         authlib=authlib,
         clock=clock,
-        async_engine=async_engine,
+        async_replay=async_replay,
     )

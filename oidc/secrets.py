@@ -13,7 +13,6 @@ dummy digest when the client is unknown or has no secret, so timing does not tel
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -51,8 +50,3 @@ def verify_client_secret(presented: str, stored: bytes | None) -> None:
     matches = hmac.compare_digest(digest, expected)
     if not matches or stored is None or len(presented) > MAX_SECRET_LENGTH:
         raise InvalidClient("client authentication failed")
-
-
-def encode_digest(digest: bytes) -> str:
-    """A digest as printed and read by operators: ``sha256:<base64url>``."""
-    return "sha256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

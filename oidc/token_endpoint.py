@@ -81,10 +81,10 @@ def form_parameters(body: bytes, content_type: str | None, query: str = "") -> d
     except UnicodeDecodeError:
         raise InvalidRequest("the request body is not UTF-8") from None
     params: dict[str, str] = {}
-    for source, pairs in (
-        ("body", _pairs(text, "request body")),
-        ("query", _pairs(query, "query")),
-    ):
+    sources = [("body", _pairs(text, "request body"))]
+    if query:
+        sources.append(("query", _pairs(query, "query")))
+    for source, pairs in sources:
         for name, value in pairs:
             if value == "":
                 continue  # RFC 6749 §3.1: "treated as if they were omitted"

@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -33,7 +34,13 @@ from keys.keyring import utc_now
 from oidc import client_auth
 from oidc.clients import AuthMethod, Client, GrantType
 from oidc.secrets import hash_client_secret
-from oidc.tables import SqlClientRegistry, oauth_client
+from oidc.tables import (
+    AsyncPgReplayCache,
+    ReplayedAssertion,
+    ReplayStoreError,
+    SqlClientRegistry,
+    oauth_client,
+)
 from tests.conftest import make_settings, serve
 from tests.oidc.conftest import (
     ASSERTION_TYPE,
@@ -434,3 +441,32 @@ def test_replay_refused_across_two_servers_sharing_postgresql(
             return sorted(r.status_code for r in responses)
 
         assert asyncio.run(race()) == [200] + [401] * 15
+
+
+def test_replay_store_outage_is_a_clear_error() -> None:
+    """A database that cannot be reached gives ReplayStoreError (503 temporarily_unavailable
+    at the endpoint), never a silent acceptance."""
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:9/nothing")
+    cache = AsyncPgReplayCache(engine)
+
+    async def use() -> None:
+        try:
+            await cache.use("partner", "jti-1", utc_now(), utc_now())
+        finally:
+            await cache.aclose()
+
+    with pytest.raises(ReplayStoreError):
+        asyncio.run(use())
+    engine.dispose()
+
+
+def test_sqlite_replay_cache_forgets_expired_jtis(provider: Provider, clock: Any) -> None:
+    replay = provider.app.state.oidc.replay
+    now = clock()
+    replay.use("partner", "once", now + timedelta(seconds=60), now)
+    with pytest.raises(ReplayedAssertion):
+        replay.use("partner", "once", now + timedelta(seconds=60), now)
+    replay.use("other", "once", now + timedelta(seconds=60), now)  # per client
+    assert replay.purge(now) == 0
+    assert replay.purge(now + timedelta(seconds=61)) == 2
+    replay.use("partner", "once", now + timedelta(seconds=120), now)  # gone, so accepted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -213,3 +215,32 @@ def test_tokens_survive_a_key_rotation(provider: Provider, partner: tuple[str, s
     assert _introspect(provider, after, partner).json()["active"] is True
     keyring.destroy(old_kid)
     assert _introspect(provider, before, partner).json() == {"active": False}
+
+
+def test_many_concurrent_introspections_with_uncached_clients(
+    provider_factory: Callable[..., Provider],
+) -> None:
+    """Authlib runs in worker threads and authenticates through the event loop, which may
+    need a thread for the database: more concurrent requests than worker threads must not
+    deadlock (the database work has a limiter of its own)."""
+    provider = provider_factory(client_cache_seconds=0)
+    secret = provider.register("partner")
+    assert secret is not None
+    token = _token(provider, "partner", secret)
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            responses = await asyncio.gather(
+                *(
+                    http.post(
+                        provider.url + "/introspect",
+                        data={"token": token},
+                        auth=("partner", secret),
+                    )
+                    for _ in range(80)
+                )
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 80
