@@ -56,7 +56,7 @@ from oidc.errors import (
     LoginRequired,
 )
 from oidc.grants import Grant
-from oidc.id_tokens import PURPOSE_FOR_ALG
+from oidc.id_tokens import PURPOSE_FOR_ALG, sign
 from oidc.par import PAR_TTL, PushedRequests
 from oidc.routes import read_body
 from oidc.token_endpoint import form_parameters
@@ -370,7 +370,7 @@ async def _no_pushed(_uri: str, _client_id: str) -> Mapping[str, str] | None:
 
 
 @router.api_route("/userinfo", methods=["GET", "POST"])
-async def userinfo(request: Request) -> JSONResponse:
+async def userinfo(request: Request) -> Response:
     """OpenID Connect Core §5.3: the released claims of the token's grant."""
     form = None
     if request.method == "POST" and request.headers.get("content-type", "").startswith(
@@ -390,7 +390,17 @@ async def userinfo(request: Request) -> JSONResponse:
         or {}
     )
     body = {"sub": claims.sub, **release(source, grant.claims, _now(request).date())}
-    return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    client = await _lookup_client(request, claims.client_id)
+    if client is not None and client.userinfo_signed_response_alg:
+        # OpenID Connect Core §5.3.2: a signed response carries iss and aud.
+        signed = sign(
+            runtime.keyring,
+            client.userinfo_signed_response_alg,
+            {**body, "iss": flow.provider.issuer, "aud": client.client_id},
+        )
+        return Response(signed, media_type="application/jwt", headers=headers)
+    return JSONResponse(body, headers=headers)
 
 
 @router.get("/logout")

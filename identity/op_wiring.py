@@ -38,6 +38,7 @@ def _metadata(issuer: str) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGS),
+        "userinfo_signing_alg_values_supported": list(ID_TOKEN_ALGS),
         "response_modes_supported": ["query"],
         "claims_supported": [
             "sub",

@@ -130,6 +130,8 @@ class Client:
     #: pairwise subjects are computed per sector: this URI's host, or the redirect URIs' host
     sector_identifier_uri: str | None = None
     id_token_signed_response_alg: str = "RS256"  # noqa: S105 (an algorithm)
+    #: userinfo answered as a JWT signed with this alg (OpenID Connect Core §5.3.2); None: JSON
+    userinfo_signed_response_alg: str | None = None
     #: private_key_jwt: the only ``alg`` accepted for assertions (any of ASSERTION_ALGS if None)
     token_endpoint_auth_signing_alg: str | None = None
     #: private_key_jwt: the client's public keys, by value (a JWK Set) or by reference
@@ -172,6 +174,7 @@ class Client:
             "subject_type": self.subject_type,
             "sector_identifier_uri": self.sector_identifier_uri,
             "id_token_signed_response_alg": self.id_token_signed_response_alg,
+            "userinfo_signed_response_alg": self.userinfo_signed_response_alg,
             "token_endpoint_auth_signing_alg": self.token_endpoint_auth_signing_alg,
             "jwks": dict(self.jwks) if self.jwks is not None else None,
             "jwks_uri": self.jwks_uri,
@@ -349,6 +352,13 @@ def validate_client(client: Client) -> Client:
     for claim in client.claims:
         if not _CLAIM_NAME.fullmatch(claim):
             raise InvalidClientMetadata(f"claims: malformed claim name {claim!r}")
+    if (
+        client.userinfo_signed_response_alg is not None
+        and client.userinfo_signed_response_alg not in ID_TOKEN_ALGS
+    ):
+        raise InvalidClientMetadata(
+            f"userinfo_signed_response_alg: one of {', '.join(ID_TOKEN_ALGS)}"
+        )
     if client.id_token_signed_response_alg not in ID_TOKEN_ALGS:
         raise InvalidClientMetadata(
             f"id_token_signed_response_alg: one of {', '.join(ID_TOKEN_ALGS)}"
@@ -422,6 +432,7 @@ def client_from_metadata(data: Mapping[str, Any], *, source: str = "cli") -> Cli
         claims=frozenset(strings("claims")),
         sector_identifier_uri=optional_str("sector_identifier_uri"),
         id_token_signed_response_alg=optional_str("id_token_signed_response_alg") or "RS256",
+        userinfo_signed_response_alg=optional_str("userinfo_signed_response_alg"),
         token_endpoint_auth_signing_alg=optional_str("token_endpoint_auth_signing_alg"),
         jwks=dict(jwks) if jwks is not None else None,
         jwks_uri=optional_str("jwks_uri"),

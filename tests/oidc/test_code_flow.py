@@ -591,3 +591,23 @@ def test_backchannel_logout(provider: Provider, citizen: Citizen, free_port: int
     assert logout["sid"] == id_claims["sid"]
     assert "http://schemas.openid.net/event/backchannel-logout" in logout["events"]  # type: ignore[operator]
     assert "nonce" not in logout
+
+
+def test_signed_userinfo_for_clients_that_ask(provider: Provider, citizen: Citizen) -> None:
+    secret = register_rp(
+        provider,
+        "signed",
+        TRANSIT_CB,
+        frozenset({"age_over_18"}),
+        userinfo_signed_response_alg="ES256",
+    )
+    client = rp(provider, "signed", secret, TRANSIT_CB, "openid age")
+    token, _ = sign_in(provider, citizen, client, TRANSIT_CB)
+    response = httpx.get(
+        provider.url + "/userinfo", headers={"Authorization": f"Bearer {token['access_token']}"}
+    )
+    assert response.headers["content-type"].startswith("application/jwt")
+    assert jwt.get_unverified_header(response.text)["alg"] == "ES256"
+    claims = jwks_decode(provider, response.text, "signed")
+    assert claims["age_over_18"] is True
+    assert claims["iss"] == provider.url
