@@ -92,6 +92,10 @@ class TokenAuthenticator:
         provider: OpenIDProvider = self._app.state.oidc
         try:
             claims = provider.verifier.verify(token)
+            if "cnf" in claims.extra:
+                # RFC 9449 §7.2: a DPoP-bound token is never accepted as a bearer token, and
+                # this API does not take DPoP proofs yet.
+                raise Unauthenticated("DPoP-bound access tokens are not accepted here")
             if await run_in_threadpool(provider.revocations.is_revoked, claims.jti):
                 raise Unauthenticated("access token is not valid")
             if claims.sub == claims.client_id:

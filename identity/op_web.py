@@ -316,20 +316,40 @@ async def consent(request: Request) -> Response:
     return await _issue(request, req, citizen, entitled)
 
 
-def _bearer(request: Request, form: Mapping[str, Any] | None) -> str:
-    """RFC 6750 §2.1 (header) or §2.2 (form body); exactly one method."""
+def _access_token(request: Request, form: Mapping[str, Any] | None) -> tuple[str, str]:
+    """``(scheme, token)``: RFC 6750 §2.1 (header) or §2.2 (form body), or RFC 9449 §7.1
+    (``Authorization: DPoP``); exactly one method."""
     header = request.headers.get("authorization")
     body_token = form.get("access_token") if form else None
     if header and body_token:
         raise InvalidRequest("use one method to send the access token")
     if header:
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise InvalidToken("a Bearer access token is required")
-        return token.strip()
+        if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+            raise InvalidToken("a Bearer or DPoP access token is required")
+        return scheme.lower(), token.strip()
     if isinstance(body_token, str) and body_token:
-        return body_token
-    raise InvalidToken("a Bearer access token is required")
+        return "bearer", body_token
+    raise InvalidToken("a Bearer or DPoP access token is required")
+
+
+async def _check_binding(request: Request, scheme: str, token: str, claims: Any) -> None:
+    """RFC 9449 §7: a bound token needs the DPoP scheme and a proof by its key (with ``ath``);
+    an unbound one must not be sent as DPoP."""
+    bound = (claims.extra.get("cnf") or {}).get("jkt")
+    if bound is None:
+        if scheme == "dpop":
+            raise InvalidToken("this access token is not DPoP-bound")
+        return
+    proof = request.headers.get("dpop")
+    if scheme != "dpop" or proof is None:
+        raise InvalidToken("this access token is DPoP-bound: use the DPoP scheme and a proof")
+    verifier = _flow(request).provider.token_endpoint.dpop
+    assert verifier is not None
+    url = _flow(request).provider.issuer + "/userinfo"
+    jkt = await verifier.check(proof, method=request.method, url=url, access_token=token)
+    if jkt != bound:
+        raise InvalidToken("the DPoP proof is not made with the token's key")
 
 
 #: Client authentication parameters: not part of the pushed authorization request.
@@ -377,9 +397,10 @@ async def userinfo(request: Request) -> Response:
         "application/x-www-form-urlencoded"
     ):
         form = await request.form()
-    token = _bearer(request, form)
+    scheme, token = _access_token(request, form)
     flow = _flow(request)
     claims, grant = await run_in_threadpool(flow.access_token_grant, token)
+    await _check_binding(request, scheme, token, claims)
     if "openid" not in claims.scope:
         raise InvalidToken("the access token was not issued for openid")
     runtime = _runtime(request)

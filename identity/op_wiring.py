@@ -22,6 +22,7 @@ from oidc.backchannel import logout_token, notify
 from oidc.claims import SUPPORTED_CLAIMS
 from oidc.clients import ID_TOKEN_ALGS
 from oidc.code_flow import CodeFlow
+from oidc.dpop import ALGS as DPOP_ALGS
 from oidc.grants import GrantStore
 from oidc.par import PushedRequests
 
@@ -39,6 +40,7 @@ def _metadata(issuer: str) -> dict[str, Any]:
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGS),
         "userinfo_signing_alg_values_supported": list(ID_TOKEN_ALGS),
+        "dpop_signing_alg_values_supported": list(DPOP_ALGS),
         "response_modes_supported": ["query"],
         "claims_supported": [
             "sub",

@@ -106,7 +106,7 @@ class CodeFlow:
             )
 
     async def _authorization_code(
-        self, params: Mapping[str, str], client: Client
+        self, params: Mapping[str, str], client: Client, jkt: str | None
     ) -> dict[str, Any]:
         code, verifier = params.get("code"), params.get("code_verifier")
         if code is None:
@@ -127,9 +127,14 @@ class CodeFlow:
         expected = create_s256_code_challenge(verifier)
         if not hmac.compare_digest(expected.encode(), record.code_challenge.encode()):
             raise InvalidGrant("code_verifier does not match the code_challenge")
-        return await self._tokens(client, record.grant, nonce=record.nonce, first=True)
+        if record.dpop_jkt is not None and record.dpop_jkt != jkt:
+            # RFC 9449 §10: the code is bound to the key named by dpop_jkt at /authorize.
+            raise InvalidGrant("the DPoP key does not match the authorization request's dpop_jkt")
+        return await self._tokens(client, record.grant, nonce=record.nonce, first=True, jkt=jkt)
 
-    async def _refresh_token(self, params: Mapping[str, str], client: Client) -> dict[str, Any]:
+    async def _refresh_token(
+        self, params: Mapping[str, str], client: Client, jkt: str | None
+    ) -> dict[str, Any]:
         token = params.get("refresh_token")
         if token is None:
             raise InvalidRequest("refresh_token is required")
@@ -141,10 +146,13 @@ class CodeFlow:
             raise InvalidGrant("the refresh token was already used; the grant is revoked") from None
         if used is None:
             raise InvalidGrant("the refresh token is invalid, expired or revoked")
-        grant, parent, _jkt = used
+        grant, parent, bound = used
+        if bound is not None and bound != jkt:
+            # RFC 9449 §5: a bound refresh token needs a proof with the same key.
+            raise InvalidGrant("the refresh token is bound to another DPoP key")
         if "scope" in params and not set(params["scope"].split()) <= grant.scope:
             raise InvalidGrant("a refresh cannot widen the scope")  # RFC 6749 §6
-        return await self._tokens(client, grant, nonce=None, first=False, parent=parent)
+        return await self._tokens(client, grant, nonce=None, first=False, parent=parent, jkt=jkt)
 
     async def _tokens(
         self,
@@ -154,23 +162,29 @@ class CodeFlow:
         nonce: str | None,
         first: bool,
         parent: bytes | None = None,
+        jkt: str | None = None,
     ) -> dict[str, Any]:
         sub = self.subject(client, grant.account_id)
         issued = self.provider.access_tokens.issue(
-            client_id=client.client_id, sub=sub, scope=grant.scope
+            client_id=client.client_id,
+            sub=sub,
+            scope=grant.scope,
+            extra={"cnf": {"jkt": jkt}} if jkt else None,
         )
         await run_in_threadpool(
             self.grants.record_access_token, grant.id, issued.claims.jti, issued.claims.expires_at()
         )
         body: dict[str, Any] = {
             "access_token": issued.token,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt else "Bearer",
             "expires_in": issued.expires_in,
             "scope": format_scope(grant.scope),
         }
         if "offline_access" in grant.scope and client.check_grant_type(GrantType.REFRESH_TOKEN):
+            # RFC 9449 §5: refresh tokens of public clients are bound to the DPoP key.
+            bind = jkt if client.is_public else None
             body["refresh_token"] = await run_in_threadpool(
-                self.grants.issue_refresh, grant.id, self._clock(), parent
+                self.grants.issue_refresh, grant.id, self._clock(), parent, bind
             )
         if "openid" in grant.scope:
             source = await run_in_threadpool(self._claims_of_session, grant.sid) or {}

@@ -15,12 +15,16 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
+from starlette.concurrency import run_in_threadpool
 
+from keys.keyring import Clock
 from oidc.errors import InvalidDPoPProof
+from oidc.tables import ReplayedAssertion, SqlReplayCache
 
 ALGS = ("ES256", "PS256", "RS256")
 PROOF_WINDOW_SECONDS = 60
@@ -97,3 +101,33 @@ def verify_proof(
         raise InvalidDPoPProof("ath does not match the access token")
     replay(jkt, str(claims["jti"]), iat + 2 * PROOF_WINDOW_SECONDS)
     return jkt
+
+
+class DPoPVerifier:
+    """:func:`verify_proof` with the shared replay store (every server process sees every
+    ``jti``), run off the event loop."""
+
+    def __init__(self, replay: SqlReplayCache, clock: Clock) -> None:
+        self._cache = replay
+        self._clock = clock
+
+    def _replay(self, jkt: str, jti: str, until: float) -> None:
+        try:
+            self._cache.use("dpop:" + jkt, jti, datetime.fromtimestamp(until, UTC), self._clock())
+        except ReplayedAssertion:
+            raise InvalidDPoPProof("the DPoP proof was already used") from None
+
+    async def check(
+        self, proof: str, *, method: str, url: str, access_token: str | None = None
+    ) -> str:
+        now = self._clock().timestamp()
+        return await run_in_threadpool(
+            lambda: verify_proof(
+                proof,
+                method=method,
+                url=url,
+                now=now,
+                replay=self._replay,
+                access_token=access_token,
+            )
+        )

@@ -28,6 +28,7 @@ from oidc.authlib_server import AuthlibServer, token_endpoints
 from oidc.client_auth import ClientAuthenticator, ClientKeys, JwksFetch, fetch_jwks
 from oidc.clients import ClientDirectory
 from oidc.discovery import ProviderFeatures, provider_metadata
+from oidc.dpop import DPoPVerifier
 from oidc.errors import TemporarilyUnavailable
 from oidc.tables import (
     AsyncPgReplayCache,
@@ -141,6 +142,9 @@ def build_provider(
     revocations = SqlRevocationList(engine)
     authlib = AuthlibServer(directory, authenticator)
     token_endpoints(authlib, verifier, revocations, clock)
+    token_endpoint = TokenEndpoint(authenticator, access_tokens)
+    token_endpoint.dpop = DPoPVerifier(replay, clock)
+    token_endpoint.url = features.issuer + (features.token_path or "")
     return OpenIDProvider(
         features=features,
         registry=registry,
@@ -150,7 +154,7 @@ def build_provider(
         verifier=verifier,
         revocations=revocations,
         replay=replay,
-        token_endpoint=TokenEndpoint(authenticator, access_tokens),
+        token_endpoint=token_endpoint,
         authlib=authlib,
         clock=clock,
         async_replay=async_replay,

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 from oidc.access_tokens import AccessTokenIssuer
 from oidc.client_auth import ClientAuthenticator, read_client_credentials
 from oidc.clients import Client, GrantType, format_scope, parse_scope
+from oidc.dpop import DPoPVerifier
 from oidc.errors import (
     InvalidDPoPProof,
     InvalidRequest,
@@ -117,8 +118,9 @@ def granted_scope(requested: str | None, client: Client) -> frozenset[str]:
     return scope
 
 
-GrantHandler = Callable[[Mapping[str, str], Client], Awaitable[dict[str, Any]]]
-"""A grant: the request parameters and the authenticated client in, the token response out."""
+GrantHandler = Callable[[Mapping[str, str], Client, str | None], Awaitable[dict[str, Any]]]
+"""A grant: the request parameters, the authenticated client and the DPoP key thumbprint
+(``jkt``, RFC 9449; None without a proof) in, the token response out."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ class TokenEndpoint:
         self._grants: dict[str, GrantHandler] = {
             GrantType.CLIENT_CREDENTIALS.value: self._client_credentials
         }
+        #: RFC 9449 proof checking, and this endpoint's URL (the proofs' ``htu``)
+        self.dpop: DPoPVerifier | None = None
+        self.url = ""
 
     @property
     def grant_types(self) -> tuple[str, ...]:
@@ -162,23 +167,29 @@ class TokenEndpoint:
         client = await self._authenticator.authenticate(credentials)
         if not client.check_grant_type(grant_type):
             raise UnauthorizedClient(f"the client is not registered for {grant_type}")
-        return await handler(request.params, client)
+        jkt = None
+        if request.dpop is not None and self.dpop is not None:
+            jkt = await self.dpop.check(request.dpop, method="POST", url=self.url)
+        if jkt is None and client.dpop_bound_access_tokens:
+            raise InvalidDPoPProof("this client's tokens are DPoP-bound: send a DPoP proof")
+        return await handler(request.params, client, jkt)
 
     async def _client_credentials(
-        self, params: Mapping[str, str], client: Client
+        self, params: Mapping[str, str], client: Client, jkt: str | None
     ) -> dict[str, Any]:
         """RFC 6749 §4.4.2-§4.4.3: a confidential client asks for a token for itself; no
-        refresh token. The access token's ``sub`` is the client (RFC 9068 §2.2)."""
-        if client.dpop_bound_access_tokens:
-            # RFC 9449 §5: such a client must not get a bearer token; DPoP is not here yet.
-            raise InvalidDPoPProof("DPoP-bound access tokens are not supported yet")
+        refresh token. The access token's ``sub`` is the client (RFC 9068 §2.2); with a DPoP
+        proof it is bound to the proof's key (RFC 9449 §6: ``cnf.jkt``)."""
         scope = granted_scope(params.get("scope"), client)
         issued = self._access_tokens.issue(
-            client_id=client.client_id, sub=client.client_id, scope=scope
+            client_id=client.client_id,
+            sub=client.client_id,
+            scope=scope,
+            extra={"cnf": {"jkt": jkt}} if jkt else None,
         )
         return {
             "access_token": issued.token,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt else "Bearer",
             "expires_in": issued.expires_in,
             "scope": format_scope(scope),
         }

@@ -88,10 +88,7 @@ def test_every_advertised_endpoint_answers(provider: Provider) -> None:
 
 def test_nothing_is_advertised_that_is_not_there(provider: Provider) -> None:
     metadata = httpx.get(provider.url + "/.well-known/openid-configuration").json()
-    for absent in (
-        "registration_endpoint",
-        "dpop_signing_alg_values_supported",
-    ):
+    for absent in ("registration_endpoint",):
         assert absent not in metadata
     assert metadata["backchannel_logout_supported"] is True
 

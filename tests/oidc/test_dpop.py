@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -12,6 +14,7 @@ from jwt.algorithms import ECAlgorithm
 
 from oidc.dpop import access_token_hash, jwk_thumbprint, verify_proof
 from oidc.errors import InvalidDPoPProof
+from tests.oidc.conftest import Provider
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 JWK: dict[str, Any] = ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True)
@@ -100,3 +103,121 @@ def test_hmac_and_none_are_refused() -> None:
             check(token)
     with pytest.raises(InvalidDPoPProof):
         check("not-a-jwt")
+
+
+# -- over HTTP ------------------------------------------------------------------------------
+
+
+def http_proof(key: ec.EllipticCurvePrivateKey, method: str, url: str, **claims: Any) -> str:
+    jwk: dict[str, Any] = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    body: dict[str, Any] = {
+        "jti": str(time.time_ns()),
+        "htm": method,
+        "htu": url,
+        "iat": int(time.time()),
+    }
+    body.update(claims)
+    return jwt.encode(body, key, algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": jwk})
+
+
+def test_client_credentials_bound_to_a_key(provider: Provider) -> None:
+    secret = provider.register("dpop-partner", scope="acts:write")
+    assert secret is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    proof_value = http_proof(key, "POST", provider.token_url)
+    data = {"grant_type": "client_credentials", "scope": "acts:write"}
+    first = httpx.post(
+        provider.token_url, data=data, auth=("dpop-partner", secret), headers={"DPoP": proof_value}
+    )
+    assert first.status_code == 200, first.text
+    assert first.json()["token_type"] == "DPoP"
+    claims = jwt.decode(first.json()["access_token"], options={"verify_signature": False})
+    assert claims["cnf"]["jkt"] == jwk_thumbprint(
+        ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    )
+    replayed = httpx.post(
+        provider.token_url, data=data, auth=("dpop-partner", secret), headers={"DPoP": proof_value}
+    )
+    assert replayed.status_code == 400
+    assert replayed.json()["error"] == "invalid_dpop_proof"
+    # The ledger API takes bearer tokens only: a bound token is refused there, not downgraded.
+    acts = httpx.post(
+        provider.url + "/v1/acts",
+        json={"acts": []},
+        headers={"Authorization": f"Bearer {first.json()['access_token']}"},
+    )
+    assert acts.status_code == 401
+
+
+def test_code_flow_with_dpop(provider: Provider) -> None:
+    from authlib.common.security import generate_token
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+    from tests.oidc.browser import Citizen
+    from tests.oidc.test_code_flow import TRANSIT_CB, register_rp
+
+    secret = register_rp(provider, "transit", TRANSIT_CB, frozenset({"age_over_18"}))
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    jkt = jwk_thumbprint(ECAlgorithm.to_jwk(key.public_key(), as_dict=True))
+    citizen = Citizen(provider.url)
+    try:
+
+        def code() -> tuple[str, str]:
+            verifier = generate_token(48)
+            params = {
+                "response_type": "code",
+                "client_id": "transit",
+                "redirect_uri": TRANSIT_CB,
+                "scope": "openid age",
+                "state": "s",
+                "dpop_jkt": jkt,
+                "code_challenge": create_s256_code_challenge(verifier),
+                "code_challenge_method": "S256",
+            }
+            url = provider.url + "/authorize?" + urlencode(params)
+            location = citizen.go(url, TRANSIT_CB).headers["location"]
+            return parse_qs(urlsplit(location).query)["code"][0], verifier
+
+        def exchange(
+            code_value: str, verifier: str, signer: ec.EllipticCurvePrivateKey
+        ) -> httpx.Response:
+            return httpx.post(
+                provider.token_url,
+                auth=("transit", secret),
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code_value,
+                    "redirect_uri": TRANSIT_CB,
+                    "code_verifier": verifier,
+                },
+                headers={"DPoP": http_proof(signer, "POST", provider.token_url)},
+            )
+
+        wrong = exchange(*code(), other)
+        assert wrong.status_code == 400
+        assert wrong.json()["error"] == "invalid_grant"
+        token = exchange(*code(), key)
+        assert token.status_code == 200, token.text
+        access = token.json()["access_token"]
+        assert token.json()["token_type"] == "DPoP"
+        userinfo_url = provider.url + "/userinfo"
+        ok = httpx.get(
+            userinfo_url,
+            headers={
+                "Authorization": f"DPoP {access}",
+                "DPoP": http_proof(key, "GET", userinfo_url, ath=access_token_hash(access)),
+            },
+        )
+        assert ok.status_code == 200, ok.text
+        as_bearer = httpx.get(userinfo_url, headers={"Authorization": f"Bearer {access}"})
+        assert as_bearer.status_code == 401
+        stolen = httpx.get(
+            userinfo_url,
+            headers={
+                "Authorization": f"DPoP {access}",
+                "DPoP": http_proof(other, "GET", userinfo_url, ath=access_token_hash(access)),
+            },
+        )
+        assert stolen.status_code == 401
+    finally:
+        citizen.close()
