@@ -27,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from identity.web import _page
+from identity.web import render_page
 from oidc.clients import AuthMethod, Client, GrantType
 from oidc.secrets import generate_client_secret, hash_client_secret
 
@@ -110,8 +110,10 @@ def register_demo_clients(registry: Any, issuer: str, data_dir: Path) -> dict[st
     return stored
 
 
-#: The demo apps' own sessions (one process, development only).
-_SESSIONS: dict[str, dict[str, Any]] = {}
+def _sessions(request: Request) -> dict[str, dict[str, Any]]:
+    """The demo apps' own sessions, held by the application (one process, development only)."""
+    sessions: dict[str, dict[str, Any]] = request.app.state.demo_sessions
+    return sessions
 
 
 def _app(name: str) -> DemoApp:
@@ -128,8 +130,8 @@ def _cookie(app: DemoApp) -> str:
 @router.get("/demo/{name}/", response_class=HTMLResponse)
 async def demo_home(request: Request, name: str) -> Response:
     app = _app(name)
-    session = _SESSIONS.get(request.cookies.get(_cookie(app), ""), {})
-    return _page(
+    session = _sessions(request).get(request.cookies.get(_cookie(app), ""), {})
+    return render_page(
         request,
         "demo.html",
         app=app,
@@ -148,7 +150,7 @@ async def demo_login(request: Request, name: str) -> Response:
         secrets.token_urlsafe(16),
         secrets.token_urlsafe(16),
     )
-    _SESSIONS[key] = {"verifier": verifier, "state": state, "nonce": nonce}
+    _sessions(request)[key] = {"verifier": verifier, "state": state, "nonce": nonce}
     params = {
         "response_type": "code",
         "client_id": app.client_id,
@@ -169,7 +171,7 @@ async def demo_login(request: Request, name: str) -> Response:
 async def demo_callback(request: Request, name: str) -> Response:
     app = _app(name)
     issuer = request.app.state.settings.issuer
-    session = _SESSIONS.get(request.cookies.get(_cookie(app), ""))
+    session = _sessions(request).get(request.cookies.get(_cookie(app), ""))
     params = request.query_params
     if session is None or params.get("state") != session.get("state"):
         raise HTTPException(400, "state does not match")
@@ -224,7 +226,7 @@ async def demo_ride(request: Request, name: str) -> Response:
     a client-credentials token with ``acts:write``, then ``POST /v1/acts`` naming the user by
     the pairwise ``sub`` this app knows."""
     app = _app(name)
-    session = _SESSIONS.get(request.cookies.get(_cookie(app), ""))
+    session = _sessions(request).get(request.cookies.get(_cookie(app), ""))
     result = (session or {}).get("result") or {}
     if not app.partner_scope or "id_token" not in result:
         raise HTTPException(400, "sign in first")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,6 +15,12 @@ from keys.keyring import Keyring
 def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def current_time(request: Request) -> datetime:
+    """The application's clock (``create_app(clock=...)``), so tests can move time."""
+    when: datetime = request.app.state.clock()
+    return when
 
 
 def get_keyring(request: Request) -> Keyring:

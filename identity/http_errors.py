@@ -99,7 +99,7 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/v1/")
 
 
-def _ledger_problem(request: Request, exc: LedgerError) -> JSONResponse:
+def ledger_problem(request: Request, exc: LedgerError) -> JSONResponse:
     for cls in type(exc).__mro__:
         if cls in LEDGER_PROBLEMS:
             status, slug = LEDGER_PROBLEMS[cls]
@@ -149,7 +149,7 @@ def install(app: FastAPI) -> None:
 
     async def on_ledger(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LedgerError)
-        return _ledger_problem(request, exc)
+        return ledger_problem(request, exc)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

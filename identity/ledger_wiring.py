@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from identity.http_errors import LEDGER_PROBLEMS, _ledger_problem
+from identity.http_errors import LEDGER_PROBLEMS, ledger_problem
 from identity.points_web import router as points_router
 from identity.tables import Account
 from ledger.api import (
@@ -184,7 +184,7 @@ def mount_ledger(app: FastAPI) -> None:
 
     async def on_unauthenticated(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LedgerError)
-        response = _ledger_problem(request, exc)
+        response = ledger_problem(request, exc)
         response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return response
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,16 +22,16 @@ from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
 from identity import signin
+from identity.deps import current_time, get_runtime
 from identity.errors import SignInExpired
 from identity.i18n import TEXTS, language
 from identity.ledger_wiring import remember_subject
 from identity.sealing import seal, unseal
 from identity.tables import LoginSession
 from identity.web import (
-    _page,
-    _runtime,
     current_citizen,
     message_page,
+    render_page,
     same_origin,
     sign_out,
 )
@@ -72,11 +71,6 @@ LOGIN_AFTER = "_login_after"
 def _flow(request: Request) -> CodeFlow:
     flow: CodeFlow = request.app.state.code_flow
     return flow
-
-
-def _now(request: Request) -> datetime:
-    now: datetime = request.app.state.clock()
-    return now
 
 
 def claims_of_session(engine: sa.Engine, keyring: Any, sid: str) -> Mapping[str, Any] | None:
@@ -131,7 +125,7 @@ async def _pushed(request: Request, request_uri: str, client_id: str) -> Mapping
     if store is None:
         return None
     found: Mapping[str, str] | None = await run_in_threadpool(
-        store.get, request_uri, client_id, _now(request)
+        store.get, request_uri, client_id, current_time(request)
     )
     return found
 
@@ -144,7 +138,7 @@ def _resume_params(req: AuthorizationRequest) -> dict[str, str]:
 
 def _hint_subject(request: Request, hint: str) -> str | None:
     """The ``sub`` of an ID token we issued (expired ones too, Core §3.1.2.1), else None."""
-    keyring = _runtime(request).keyring
+    keyring = get_runtime(request).keyring
     try:
         header = jwt.get_unverified_header(hint)
         purpose = PURPOSE_FOR_ALG.get(str(header.get("alg")))
@@ -186,7 +180,7 @@ async def authorize(request: Request) -> Response:
 async def _decide(
     request: Request, req: AuthorizationRequest, params: Mapping[str, str]
 ) -> Response:
-    flow, now = _flow(request), _now(request)
+    flow, now = _flow(request), current_time(request)
     citizen = await current_citizen(request)
     fresh_after = params.get(LOGIN_AFTER, "")
     fresh = (
@@ -261,10 +255,10 @@ async def _issue(
 def _consent_page(
     request: Request, req: AuthorizationRequest, sid: str, claims: frozenset[str]
 ) -> HTMLResponse:
-    keyring = _runtime(request).keyring
+    keyring = get_runtime(request).keyring
     blob, kid = seal(keyring, {"params": _resume_params(req)}, sid.encode())
     ordered = [c for c in SUPPORTED_CLAIMS if c in claims]
-    return _page(
+    return render_page(
         request,
         "consent.html",
         client_name=req.client.client_name or req.client.client_id,
@@ -277,7 +271,7 @@ def _consent_page(
 
 @router.post("/authorize/consent")
 async def consent(request: Request) -> Response:
-    flow, now = _flow(request), _now(request)
+    flow, now = _flow(request), current_time(request)
     form = await request.form()
     citizen = await current_citizen(request)
     texts = TEXTS[language(request)]
@@ -285,7 +279,7 @@ async def consent(request: Request) -> Response:
         return message_page(request, texts["error_title"], texts["error_expired"], 400)
     try:
         data = unseal(
-            _runtime(request).keyring,
+            get_runtime(request).keyring,
             bytes.fromhex(str(form.get("sealed", ""))),
             str(form.get("sealed_kid", "")),
             citizen.sid.encode(),
@@ -377,7 +371,7 @@ async def pushed_authorization_request(request: Request) -> JSONResponse:
     except ErrorRedirect as exc:
         raise exc.error from None
     store: PushedRequests = request.app.state.par_store
-    uri = await run_in_threadpool(store.push, client.client_id, pushed, _now(request))
+    uri = await run_in_threadpool(store.push, client.client_id, pushed, current_time(request))
     return JSONResponse(
         {"request_uri": uri, "expires_in": int(PAR_TTL.total_seconds())},
         status_code=201,
@@ -403,14 +397,14 @@ async def userinfo(request: Request) -> Response:
     await _check_binding(request, scheme, token, claims)
     if "openid" not in claims.scope:
         raise InvalidToken("the access token was not issued for openid")
-    runtime = _runtime(request)
+    runtime = get_runtime(request)
     source = (
         await run_in_threadpool(
             claims_of_session, runtime.identity_engine, runtime.keyring, grant.sid
         )
         or {}
     )
-    body = {"sub": claims.sub, **release(source, grant.claims, _now(request).date())}
+    body = {"sub": claims.sub, **release(source, grant.claims, current_time(request).date())}
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     client = await _lookup_client(request, claims.client_id)
     if client is not None and client.userinfo_signed_response_alg:
@@ -453,7 +447,7 @@ async def end_session(request: Request) -> Response:
         back = response_url(target, {"state": params.get("state")})
     citizen = await current_citizen(request)
     if citizen is not None and not hint:
-        return _page(request, "logout_confirm.html", back=back or "")
+        return render_page(request, "logout_confirm.html", back=back or "")
     return await _logout_and_return(request, back)
 
 
@@ -493,7 +487,7 @@ async def consents(request: Request) -> Response:
                 "at": granted_at,
             }
         )
-    return _page(request, "consents.html", consents=listed)
+    return render_page(request, "consents.html", consents=listed)
 
 
 @router.post("/account/consents/revoke")
@@ -506,7 +500,7 @@ async def revoke_consent(request: Request) -> Response:
         return RedirectResponse("/", status_code=303)
     form = await request.form()
     client_id = str(form.get("client_id", ""))
-    flow, now = _flow(request), _now(request)
+    flow, now = _flow(request), current_time(request)
     issued = await run_in_threadpool(flow.grants.revoke_consent, citizen.account_id, client_id, now)
     for jti, expires_at in issued:
         await run_in_threadpool(flow.provider.revocations.revoke, jti, client_id, expires_at, now)

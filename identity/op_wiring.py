@@ -126,6 +126,7 @@ def mount_code_flow(app: FastAPI) -> None:
             app_.state.on_session_end = _backchannel_logout(app_)
             settings = app_.state.settings
             if settings.is_development:
+                app_.state.demo_sessions = {}
                 app_.state.demo_secrets = await run_in_threadpool(
                     register_demo_clients, provider.registry, settings.issuer, settings.data_dir
                 )

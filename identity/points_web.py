@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from identity.web import _page, current_citizen
+from identity.web import current_citizen, render_page
 from ledger.api import describe_for_citizen, own_receipt, receipt_response
 
 router = APIRouter(include_in_schema=False)
@@ -23,7 +23,7 @@ async def points(request: Request) -> Response:
     entries = await run_in_threadpool(
         lambda: store.history(citizen.ledger_pseudonym, before=None, limit=50)
     )
-    return _page(
+    return render_page(
         request,
         "points.html",
         balance=balance,

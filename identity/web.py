@@ -13,7 +13,6 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -25,11 +24,11 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from identity import signin
+from identity.deps import current_time, get_runtime
 from identity.errors import SignInCancelled, SignInError, SignInExpired
 from identity.franceconnect.client import FranceConnectClient
 from identity.i18n import TEXTS, language
 from identity.observability import request_id_var
-from identity.runtime import Runtime
 from identity.signin import CitizenSession
 from keys.model import Purpose
 
@@ -54,19 +53,9 @@ def _secure(request: Request) -> bool:
     return bool(request.app.state.settings.issuer.startswith("https://"))
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def _now(request: Request) -> datetime:
-    clock: Callable[[], datetime] = request.app.state.clock
-    return clock()
-
-
 async def _db(request: Request, work: Callable[[Session], T]) -> T:
     """Run ``work`` with an identity-store session, off the event loop."""
-    engine = _runtime(request).identity_engine
+    engine = get_runtime(request).identity_engine
 
     def run() -> T:
         with Session(engine) as session:
@@ -79,11 +68,11 @@ async def current_citizen(request: Request) -> CitizenSession | None:
     cookie = request.cookies.get(session_cookie_name(request))
     if not cookie:
         return None
-    keyring, now = _runtime(request).keyring, _now(request)
+    keyring, now = get_runtime(request).keyring, current_time(request)
     return await _db(request, lambda s: signin.load_session(s, keyring, cookie, now))
 
 
-def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+def render_page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     lang = language(request)
     response = templates.TemplateResponse(
         request, name, {"lang": lang, "t": TEXTS[lang], **context}, status_code=status
@@ -95,7 +84,7 @@ def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTM
 
 
 def message_page(request: Request, heading: str, message: str, status: int = 200) -> HTMLResponse:
-    return _page(
+    return render_page(
         request,
         "message.html",
         status,
@@ -136,7 +125,7 @@ async def home(request: Request) -> HTMLResponse:
     citizen = await current_citizen(request)
     claims = sorted(citizen.claims.items()) if citizen else []
     hidden = {"iss", "aud", "sub", "iat", "exp", "nbf", "jti"}
-    return _page(
+    return render_page(
         request,
         "home.html",
         citizen=citizen,
@@ -155,7 +144,11 @@ async def start(
     request: Request, return_to: str | None = None, prompt: str | None = None
 ) -> Response:
     browser = request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(32)
-    keyring, now, target = _runtime(request).keyring, _now(request), safe_return_to(return_to)
+    keyring, now, target = (
+        get_runtime(request).keyring,
+        current_time(request),
+        safe_return_to(return_to),
+    )
     state, nonce = await _db(request, lambda s: signin.begin(s, keyring, browser, target, now))
     try:
         url = await _fc(request).authorization_url(
@@ -179,7 +172,7 @@ async def start(
 @router.get("/auth/franceconnect/callback")
 async def callback(request: Request) -> Response:
     params = request.query_params
-    runtime, now = _runtime(request), _now(request)
+    runtime, now = get_runtime(request), current_time(request)
     fc = _fc(request)
     try:
         state = params.get("state")
@@ -314,7 +307,7 @@ async def logout_callback(request: Request, state: str = "") -> Response:
 async def client_jwks(request: Request) -> JSONResponse:
     """Our public keys for ``private_key_jwt`` at FranceConnect (to register as jwks_uri)."""
     return JSONResponse(
-        _runtime(request).keyring.jwks([Purpose.FC_CLIENT]),
+        get_runtime(request).keyring.jwks([Purpose.FC_CLIENT]),
         media_type="application/jwk-set+json",
         headers={"Cache-Control": "public, max-age=300"},
     )

@@ -121,7 +121,8 @@ class AuthlibServer(AuthorizationServer):  # type: ignore[misc]
         return request
 
     def create_json_request(self, request: Any) -> Any:
-        raise NotImplementedError("no JSON endpoints")
+        """Authlib's hook for JSON-bodied endpoints; every OAuth endpoint here is form-encoded."""
+        raise errors.InvalidRequest("this endpoint takes application/x-www-form-urlencoded")
 
     def handle_response(
         self, status: int, body: Any, headers: Any
