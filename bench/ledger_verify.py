@@ -49,7 +49,7 @@ def build_entries(count: int, seed: int = 7) -> tuple[list[bytes], dict[str, int
     start = 1_790_000_000
     keys = [rng.randbytes(294) for _ in range(3)]
     denominations = [
-        DenominationAnnounced(key, value, 0, 2**40)
+        DenominationAnnounced(key, value, 0, 2**40, 2**40, 2**40)
         for key, value in zip(keys, (10, 50, 100), strict=True)
     ]
     events: list[Event] = [CatalogueChanged(1, b'{"acts": "..."}'), *denominations]

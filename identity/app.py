@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from identity import http_errors
+from identity.coins_wiring import mount_coins
 from identity.deps import get_keyring
 from identity.fcsim import create_simulator
 from identity.franceconnect.client import FranceConnectClient
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     mount_oidc(app, clock=clock)
     mount_code_flow(app)
     mount_ledger(app)
+    mount_coins(app)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.fc_simulator:

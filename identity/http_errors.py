@@ -34,7 +34,26 @@ from ledger.catalogue import (
     CapExceeded,
     CatalogueError,
 )
-from ledger.errors import IdempotencyConflict, LedgerError, LedgerStoreError, ProofError, TileError
+from ledger.errors import (
+    IdempotencyConflict,
+    InsufficientBalance,
+    LedgerError,
+    LedgerStoreError,
+    ProofError,
+    TileError,
+)
+from ledger.mint import (
+    AmountMismatch,
+    CoinAlreadySpent,
+    DenominationExpired,
+    DenominationsUnavailable,
+    InvalidCoin,
+    InvalidPermission,
+    MalformedCoinRequest,
+    RequestConflict,
+    UnknownDenomination,
+    WithdrawalLimit,
+)
 from oidc.errors import InvalidClient, InvalidRequest, InvalidToken, OAuthError
 
 log = logging.getLogger("nicecard.errors")
@@ -58,6 +77,17 @@ LEDGER_PROBLEMS: Mapping[type[LedgerError], tuple[int, str]] = {
     CatalogueError: (503, "catalogue-unavailable"),
     IdempotencyConflict: (409, "idempotency-conflict"),
     TileError: (404, "tile-not-found"),
+    InsufficientBalance: (409, "insufficient-points"),
+    MalformedCoinRequest: (400, "malformed-request"),
+    UnknownDenomination: (422, "unknown-denomination"),
+    DenominationExpired: (422, "denomination-expired"),
+    InvalidCoin: (422, "invalid-coin"),
+    InvalidPermission: (422, "invalid-permission"),
+    AmountMismatch: (422, "amount-mismatch"),
+    CoinAlreadySpent: (409, "coin-already-spent"),
+    RequestConflict: (409, "request-conflict"),
+    WithdrawalLimit: (422, "withdrawal-limit"),
+    DenominationsUnavailable: (503, "denominations-unavailable"),
     LedgerStoreError: (503, "ledger-unavailable"),
     LedgerError: (400, "ledger-error"),
 }
@@ -104,7 +134,8 @@ def ledger_problem(request: Request, exc: LedgerError) -> JSONResponse:
         if cls in LEDGER_PROBLEMS:
             status, slug = LEDGER_PROBLEMS[cls]
             title = (type(exc).__doc__ or slug).strip().splitlines()[0]
-            return problem(request, status, slug, title, detail=str(exc))
+            extra = {"coins": exc.coins} if isinstance(exc, CoinAlreadySpent) else None
+            return problem(request, status, slug, title, detail=str(exc), extra=extra)
     return problem(request, 400, "ledger-error", "Ledger error", detail=str(exc))
 
 

@@ -93,11 +93,27 @@ class Settings(BaseSettings):
     ledger_origin: str | None = None
     #: the acts catalogue (TOML) loaded at start; default: ledger/default_catalogue.toml
     catalogue_file: Path | None = None
+    #: coin denominations, in points; one blind-signing key per value per epoch
+    coin_values: list[int] = Field(default=[1, 2, 5, 10, 20, 50], min_length=1, max_length=32)
+    #: how long one epoch's denomination keys sign withdrawals
+    coin_epoch: timedelta = timedelta(days=30)
+    #: how long after its withdrawals end a coin can still be deposited
+    coin_deposit_grace: timedelta = timedelta(days=90)
+    #: how long after deposits end a denomination's records are kept for disputes
+    coin_legal_grace: timedelta = timedelta(days=365)
+    #: RSA modulus size of denomination keys (RFC 9474 keys; at least 2048)
+    coin_key_bits: int = Field(default=2048, ge=2048, le=4096)
+    #: most coins in one withdrawal, and most points a citizen may withdraw per UTC day
+    withdraw_max_coins: int = Field(default=64, ge=1, le=256)
+    withdraw_max_points_per_day: int = Field(default=1000, ge=1)
     #: how long a login session (and the FranceConnect claims it holds) lives
     session_ttl: timedelta = timedelta(hours=1)
 
     #: OpenID Provider clients registered at start, TOML or JSON (see identity.oidc_wiring)
     clients_file: Path | None = None
+    #: CA certificates (PEM) that alone are trusted when fetching clients' sector_identifier_uri
+    #: documents (a private PKI); unset: the default trust store
+    sector_identifier_ca_file: Path | None = None
     #: lifetime of JWT access tokens in seconds (RFC 9068): short, they cannot be recalled
     access_token_ttl: int = Field(default=300, ge=30, le=3600)
     #: how long a server process trusts its copy of a client registration, in seconds

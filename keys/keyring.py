@@ -169,6 +169,17 @@ class Keyring:
         self._private[record.kid] = key
         return key
 
+    # -- keys kept outside the keyring's records ----------------------------------------------
+
+    def seal_external(self, private: bytes, label: str) -> bytes:
+        """Encrypt a private key that another store keeps (denomination keys), bound to
+        ``label``; the associated data cannot collide with a keyring record's (no NUL+purpose)."""
+        return self._kek.seal(private, b"external\x00" + label.encode())
+
+    def open_external(self, sealed: bytes, label: str) -> bytes:
+        """Decrypt what :meth:`seal_external` sealed under ``label``."""
+        return self._kek.open(sealed, b"external\x00" + label.encode())
+
     # -- changing ------------------------------------------------------------------------------
 
     def _new(self, purpose: Purpose, state: KeyState, now: datetime) -> KeyRecord:

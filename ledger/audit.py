@@ -261,7 +261,7 @@ class _Economy:
     count: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
     catalogue: int = 0
-    denominations: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
+    denominations: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)
     withdrawn: dict[bytes, int] = field(default_factory=dict)
     deposited_coins: dict[bytes, int] = field(default_factory=dict)
     coins: set[bytes] = field(default_factory=set)
@@ -341,8 +341,9 @@ class _Economy:
                 else:
                     self.denominations[announced.denomination] = (
                         announced.value,
-                        announced.valid_from,
-                        announced.valid_until,
+                        announced.withdraw_from,
+                        announced.withdraw_until,
+                        announced.deposit_until,
                     )
             case CatalogueChanged() as changed:
                 if changed.version != self.catalogue + 1:
@@ -384,8 +385,8 @@ class _Economy:
                     "unknown-denomination", "withdrawal of an unannounced denomination", index, data
                 )
                 continue
-            value, valid_from, valid_until = known
-            if not valid_from <= recorded_at < valid_until:
+            value, withdraw_from, withdraw_until, _ = known
+            if not withdraw_from <= recorded_at < withdraw_until:
                 self._violate(
                     "denomination-not-valid",
                     "withdrawal outside the denomination's validity window",
@@ -407,7 +408,7 @@ class _Economy:
     def _deposit(
         self, index: int, data: bytes, scanned: tuple[int, str, int, list[tuple[bytes, bytes]]]
     ) -> None:
-        _, _, points, items = scanned
+        recorded_at, _, points, items = scanned
         self._count(Kind.COINS_DEPOSITED)
         total = 0
         for denomination, coin in items:
@@ -418,6 +419,13 @@ class _Economy:
                 )
                 continue
             total += known[0]
+            if not known[1] <= recorded_at < known[3]:
+                self._violate(
+                    "denomination-not-valid",
+                    "deposit outside the denomination's deposit window",
+                    index,
+                    data,
+                )
             if coin in self.coins:
                 self._violate("double-spend", "a coin deposited twice", index, data)
             self.coins.add(coin)

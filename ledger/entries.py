@@ -40,10 +40,12 @@ NUL bytes to exactly ``n`` bytes (non-empty, no NUL inside, charset below)::
         n times        denomination (32 bytes) | coin public key (32 bytes, Ed25519)
                        (denomination, coin) pairs strictly increasing
 
-    kind 4, denomination key announced (32 + key length bytes)
+    kind 4, denomination key announced (48 + key length bytes)
         value          u32        >= 1, points per coin
-        valid_from     u64        Unix time (seconds), withdrawals allowed from
-        valid_until    u64        > valid_from, withdrawals allowed until (exclusive)
+        withdraw_from  u64        Unix time (seconds), withdrawals allowed from
+        withdraw_until u64        > withdraw_from, withdrawals allowed until (exclusive)
+        deposit_until  u64        >= withdraw_until, deposits accepted until (exclusive)
+        legal_until    u64        >= deposit_until, the key's records kept until (disputes)
         key length     u16        1..4096
         public_key     bytes      the RFC 9474 public key, SubjectPublicKeyInfo DER
 
@@ -116,7 +118,7 @@ _WITHDRAWAL = struct.Struct(">16sQH")
 _WITHDRAWAL_ITEM = struct.Struct(">32sI")
 _DEPOSIT = struct.Struct(">64sQ32sH")
 _DEPOSIT_ITEM = struct.Struct(">32s32s")
-_DENOMINATION = struct.Struct(">IQQH")
+_DENOMINATION = struct.Struct(">IQQQQH")
 _CATALOGUE = struct.Struct(">IH")
 
 _PSEUDONYM_TEXT = re.compile(r"[0-9a-f]{32}")
@@ -250,8 +252,10 @@ class DenominationAnnounced:
 
     public_key: bytes
     value: int
-    valid_from: int
-    valid_until: int
+    withdraw_from: int
+    withdraw_until: int
+    deposit_until: int
+    legal_until: int
 
     def __post_init__(self) -> None:
         if not isinstance(self.public_key, bytes) or not 1 <= len(self.public_key) <= (
@@ -259,10 +263,14 @@ class DenominationAnnounced:
         ):
             raise EntryError(f"public key must be 1..{MAX_PUBLIC_KEY} bytes")
         _int(self.value, "denomination value", 1, _U32)
-        _int(self.valid_from, "valid_from", 0, _U64)
-        _int(self.valid_until, "valid_until", 0, _U64)
-        if self.valid_until <= self.valid_from:
-            raise EntryError("valid_until must come after valid_from")
+        _int(self.withdraw_from, "withdraw_from", 0, _U64)
+        _int(self.withdraw_until, "withdraw_until", 0, _U64)
+        _int(self.deposit_until, "deposit_until", 0, _U64)
+        _int(self.legal_until, "legal_until", 0, _U64)
+        if self.withdraw_until <= self.withdraw_from:
+            raise EntryError("withdraw_until must come after withdraw_from")
+        if not self.withdraw_until <= self.deposit_until <= self.legal_until:
+            raise EntryError("withdraw_until <= deposit_until <= legal_until is required")
 
     @property
     def denomination(self) -> bytes:
@@ -382,7 +390,12 @@ def encode_entry(entry: Entry) -> bytes:
                 [
                     header,
                     _DENOMINATION.pack(
-                        event.value, event.valid_from, event.valid_until, len(event.public_key)
+                        event.value,
+                        event.withdraw_from,
+                        event.withdraw_until,
+                        event.deposit_until,
+                        event.legal_until,
+                        len(event.public_key),
                     ),
                     event.public_key,
                 ]
@@ -435,11 +448,9 @@ def _decode_event(kind: int, data: bytes) -> Event:
             )
             return CoinsDeposited(_untoken(partner), points, request, spent)
         case Kind.DENOMINATION_ANNOUNCED:
-            value, valid_from, valid_until, length = _DENOMINATION.unpack_from(data, offset)
+            value, *window, length = _DENOMINATION.unpack_from(data, offset)
             offset += _DENOMINATION.size
-            return DenominationAnnounced(
-                data[offset : offset + length], value, valid_from, valid_until
-            )
+            return DenominationAnnounced(data[offset : offset + length], value, *window)
         case Kind.CATALOGUE_CHANGED:
             version, length = _CATALOGUE.unpack_from(data, offset)
             offset += _CATALOGUE.size
@@ -586,8 +597,10 @@ def describe_entry(entry: Entry) -> dict[str, Any]:
             fields = {
                 "denomination": event.denomination.hex(),
                 "value": event.value,
-                "valid_from": event.valid_from,
-                "valid_until": event.valid_until,
+                "withdraw_from": event.withdraw_from,
+                "withdraw_until": event.withdraw_until,
+                "deposit_until": event.deposit_until,
+                "legal_until": event.legal_until,
                 "public_key": base64.b64encode(event.public_key).decode("ascii"),
             }
         case CatalogueChanged():

@@ -124,3 +124,95 @@ head_table = ledger_metadata.tables["ledger_head"]
 checkpoints_table = ledger_metadata.tables["ledger_checkpoints"]
 balances_table = ledger_metadata.tables["ledger_balances"]
 idempotency_table = ledger_metadata.tables["ledger_idempotency"]
+
+
+# --- coins (see ledger/mint.py) -----------------------------------------------------------------
+
+
+class CoinDenomination(LedgerTable, table=True):
+    """A denomination key: one per value per epoch. ``sealed`` (the private half, encrypted
+    under the key-encryption key) is wiped once withdrawals end; ``entry_idx`` is the index of
+    its announcement in the log (set before first use)."""
+
+    __tablename__ = "coin_denominations"
+    __table_args__ = (sa.UniqueConstraint("value", "epoch", name="uq_coin_denominations_epoch"),)
+
+    id: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
+    value: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    epoch: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    public_key: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    sealed: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    withdraw_from: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    withdraw_until: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    deposit_until: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    legal_until: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    entry_idx: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    created_at: datetime = Field(sa_column=_when())
+
+
+class CoinWithdrawal(LedgerTable, table=True):
+    """A citizen's withdrawal request: what answers a replay. No coin data is kept: only the
+    blind signatures, which without the wallet's blinding factors match no coin."""
+
+    __tablename__ = "coin_withdrawals"
+
+    pseudonym: str = Field(sa_column=sa.Column(sa.String(32), primary_key=True))
+    request_id: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    request_digest: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    points: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    entry_idx: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    signatures: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    created_at: datetime = Field(sa_column=_when())
+
+
+class CoinDeposit(LedgerTable, table=True):
+    """A partner's deposit for one order: its digest, entry and signed receipt."""
+
+    __tablename__ = "coin_deposits"
+    __table_args__ = (sa.Index("ix_coin_deposits_partner_created", "partner", "created_at"),)
+
+    partner: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    order_ref: str = Field(sa_column=sa.Column(sa.String(128), primary_key=True))
+    request_digest: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    points: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    coins: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    entry_idx: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    receipt: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    created_at: datetime = Field(sa_column=_when())
+
+
+class CoinSpent(LedgerTable, table=True):
+    """A spent coin (append-only): the primary key is what makes a coin spendable once."""
+
+    __tablename__ = "coin_spent"
+
+    coin: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
+    denomination: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    partner: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    order_ref: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    signed_at: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    permission: bytes = Field(sa_column=sa.Column(sa.LargeBinary(64), nullable=False))
+    created_at: datetime = Field(sa_column=_when())
+
+
+class CoinDoubleSpend(LedgerTable, table=True):
+    """Evidence (append-only): a permission for a coin that was already spent elsewhere."""
+
+    __tablename__ = "coin_double_spends"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, primary_key=True))
+    coin: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False, index=True))
+    denomination: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    partner: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    order_ref: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    amount: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    signed_at: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    permission: bytes = Field(sa_column=sa.Column(sa.LargeBinary(64), nullable=False))
+    created_at: datetime = Field(sa_column=_when())
+
+
+denominations_table = ledger_metadata.tables["coin_denominations"]
+withdrawals_table = ledger_metadata.tables["coin_withdrawals"]
+deposits_table = ledger_metadata.tables["coin_deposits"]
+spent_table = ledger_metadata.tables["coin_spent"]
+double_spends_table = ledger_metadata.tables["coin_double_spends"]

@@ -264,7 +264,7 @@ def test_an_older_checkpoint_inconsistent_with_the_newest(economy: list[bytes]) 
 
 
 TENS = denomination(10)
-SHORT = DenominationAnnounced(b"short-lived key", 10, 0, NOW - 3600)
+SHORT = DenominationAnnounced(b"short-lived key", 10, 0, NOW - 3600, NOW - 3600, NOW)
 COIN = b"\x07" * 32
 BASE: list[Event] = [CatalogueChanged(1, b"{}"), TENS, act(1, 30, 1)]
 WITHDRAW = WithdrawalDebited(pseudonym(1), 10, (CoinCount(TENS.denomination, 1),))

@@ -105,7 +105,7 @@ def act(who: int, points: int = 5, n: int = 0, *, partner: str = PARTNER) -> Act
 def denomination(value: int, seed: int = 0) -> DenominationAnnounced:
     """A denomination key announcement (the key bytes are opaque to the ledger)."""
     key = hashlib.sha256(b"denomination %d %d" % (value, seed)).digest() * 9
-    return DenominationAnnounced(key, value, 0, 2**40)
+    return DenominationAnnounced(key, value, 0, 2**40, 2**40, 2**40)
 
 
 def economy_events(acts: int, seed: int = 1, pseudonyms: int = 7) -> list[Event]:
@@ -296,7 +296,7 @@ def test_entries_refuse_bad_fields() -> None:
     with pytest.raises(EntryError):
         WithdrawalDebited(pseudonym(1), 5, ())
     with pytest.raises(EntryError):
-        DenominationAnnounced(b"k", 1, 10, 10)
+        DenominationAnnounced(b"k", 1, 10, 10, 10, 10)
     with pytest.raises(EntryError):
         encode_entry("not an entry")  # type: ignore[arg-type]
 

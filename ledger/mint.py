@@ -1,0 +1,762 @@
+"""The mint: denomination keys, withdrawals (blind signing) and deposits (spending coins).
+
+The protocol (what is signed, in which bytes) is :mod:`ledger.coins`; this module is the
+server's side of it, over the ledger store and the ``coin_*`` tables (migration ``l0002``).
+
+Denominations. One RSA blind-signing key per value per epoch (``MintPolicy``), created ahead of
+time (the current and the next epoch), announced in the log before first use and published with
+the index of that announcement. The private half is wiped when withdrawals end; deposits need
+only the public key until ``deposit_until``.
+
+Withdraw (a citizen, by ledger pseudonym). The request is claimed under its ``request_id`` with
+a digest of its contents, the balance is debited in one ledger entry (pseudonym, total and
+counts per denomination, nothing of the coins), then the blinded messages are signed. Every step
+is idempotent, so a replay of the same request, or a retry after a crash at any point, returns
+the same signatures and debits once. The server sees blinded messages only and keeps only the
+blind signatures, from which no coin can be recomputed without the wallet's blinding factors.
+
+Deposit (a partner, by client id). Every coin is checked (denomination known and within its
+deposit window, blind signature, the coin's permission naming this partner, order and amount),
+then the coins are claimed in ``coin_spent``, whose primary key lets one deposit win any race,
+across processes; then one ledger entry records the partner, the amount and the coins, and the
+ledger signs a receipt. A replay of the same deposit returns the same receipt; a coin already
+spent for another order is refused, and the conflicting permission kept as evidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from keys.blind_rsa import BlindPrivateKey, blind_sign
+from keys.denominations import new_denomination_key, open_denomination_key
+from keys.errors import BlindRSAError
+from keys.keyring import Keyring
+from ledger.checkpoints import checkpoint_signer
+from ledger.coins import (
+    MAX_COINS,
+    ORDER,
+    Coin,
+    CoinError,
+    Denomination,
+    DepositReceipt,
+    Statement,
+    StatementLine,
+    b64encode,
+    denominations_note,
+    read_receipt,
+    receipt_note,
+    statement_note,
+)
+from ledger.entries import (
+    CoinCount,
+    CoinsDeposited,
+    DenominationAnnounced,
+    SpentCoin,
+    WithdrawalDebited,
+)
+from ledger.errors import IdempotencyConflict, LedgerError, LedgerStoreError
+from ledger.store import IdempotencyKey, LedgerStore
+from ledger.tables import (
+    denominations_table,
+    deposits_table,
+    double_spends_table,
+    spent_table,
+    withdrawals_table,
+)
+
+__all__ = [
+    "AmountMismatch",
+    "CoinAlreadySpent",
+    "DenominationExpired",
+    "DenominationsUnavailable",
+    "Deposit",
+    "InvalidCoin",
+    "InvalidPermission",
+    "MalformedCoinRequest",
+    "Mint",
+    "MintPolicy",
+    "PaidCoin",
+    "RequestConflict",
+    "UnknownDenomination",
+    "Withdrawal",
+    "WithdrawalLimit",
+]
+
+_EPOCH_ORIGIN = 1767225600  # 2026-01-01T00:00:00Z
+_WITHDRAWALS = "#withdrawal"  # idempotency namespaces no client id can take ('#' is not in
+_DEPOSITS = "#deposit"  # a client id's charset) so partners' own keys never collide
+_ANNOUNCEMENTS = "#denomination"
+_PERMISSION_SKEW = 300  # a permission may be signed up to 5 minutes "in the future"
+_REFRESH = timedelta(minutes=1)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class MalformedCoinRequest(LedgerError):
+    """A withdrawal or deposit request is malformed (shape, sizes, encodings, repeats)."""
+
+
+class UnknownDenomination(LedgerError):
+    """The request names a denomination that is not published."""
+
+
+class DenominationExpired(LedgerError):
+    """The denomination is outside its withdrawal or deposit window."""
+
+
+class InvalidCoin(LedgerError):
+    """A coin's denomination signature does not verify."""
+
+
+class InvalidPermission(LedgerError):
+    """A deposit permission is not signed by its coin for this partner, order and amount."""
+
+
+class AmountMismatch(LedgerError):
+    """The coins' values do not add up to the amount."""
+
+
+class CoinAlreadySpent(LedgerError):
+    """A coin was already deposited for another payment; ``coins`` are their public keys."""
+
+    def __init__(self, message: str, coins: Sequence[str]) -> None:
+        super().__init__(message)
+        self.coins = list(coins)
+
+
+class RequestConflict(LedgerError):
+    """The request id (withdrawal) or order (deposit) was first used with other contents."""
+
+
+class WithdrawalLimit(LedgerError):
+    """The withdrawal exceeds the per-request or per-day limit."""
+
+
+class DenominationsUnavailable(LedgerStoreError):
+    """No denomination can be used right now (keys not created yet, or the store is down)."""
+
+
+# --- policy and results -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MintPolicy:
+    """Denomination values, key lifetimes and withdrawal limits (from settings)."""
+
+    values: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
+    epoch: timedelta = timedelta(days=30)
+    deposit_grace: timedelta = timedelta(days=90)
+    legal_grace: timedelta = timedelta(days=365)
+    key_bits: int = 2048
+    max_coins: int = 64
+    max_points_per_day: int = 1000
+
+    def __post_init__(self) -> None:
+        if (
+            not self.values
+            or any(v < 1 for v in self.values)
+            or len(set(self.values)) != len(self.values)
+        ):
+            raise ValueError("denomination values must be distinct positive integers")
+        if not 1 <= self.max_coins <= MAX_COINS:
+            raise ValueError(f"max_coins must be 1..{MAX_COINS}")
+        if self.epoch.total_seconds() < 60 or self.key_bits < 2048:
+            raise ValueError("epochs last at least a minute; keys have at least 2048 bits")
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """The answer to a withdrawal: the ledger entry that debited it and the blind signatures."""
+
+    request_id: str
+    points: int
+    entry_index: int
+    leaf_hash: bytes
+    signatures: list[bytes]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class PaidCoin:
+    """A coin as a partner deposits it: the coin and its deposit permission."""
+
+    coin: Coin
+    signed_at: int
+    permission: bytes
+
+
+@dataclass(frozen=True)
+class Deposit:
+    """The answer to a deposit: the receipt (what it says, and the signed note)."""
+
+    receipt: DepositReceipt
+    note: str
+    replayed: bool = False
+
+
+@dataclass
+class _Keys:
+    by_id: dict[bytes, Denomination] = field(default_factory=dict)
+    private: dict[bytes, BlindPrivateKey] = field(default_factory=dict)
+    loaded_at: datetime | None = None
+
+
+def _unix(when: datetime) -> int:
+    return int(when.timestamp())
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Mint:
+    """Denominations, withdrawals and deposits over one ledger store (thread-safe)."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        keyring: Keyring,
+        origin: str,
+        policy: MintPolicy | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.origin = origin
+        self.policy = policy or MintPolicy()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._keys = _Keys()
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self.store.engine
+
+    # -- denominations -------------------------------------------------------------------------
+
+    def ensure_denominations(self) -> list[Denomination]:
+        """Create and announce the keys of the current and next epochs, wipe the private halves
+        whose withdrawals ended, and return the published denominations. Safe to run from
+        several processes at once (the (value, epoch) unique constraint picks one key)."""
+        with self._lock:
+            now = self.clock()
+            t = _unix(now)
+            seconds = int(self.policy.epoch.total_seconds())
+            current = (t - _EPOCH_ORIGIN) // seconds
+            try:
+                with self.engine.connect() as conn:
+                    have = {
+                        (row.value, row.epoch)
+                        for row in conn.execute(
+                            sa.select(denominations_table.c.value, denominations_table.c.epoch)
+                        )
+                    }
+                for epoch in (current, current + 1):
+                    for value in self.policy.values:
+                        if (value, epoch) not in have:
+                            self._create(value, epoch, seconds, now)
+                self._announce()
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        denominations_table.update()
+                        .where(
+                            denominations_table.c.sealed.is_not(None),
+                            denominations_table.c.withdraw_until <= t,
+                        )
+                        .values(sealed=None)
+                    )
+            except SQLAlchemyError as exc:
+                raise DenominationsUnavailable(
+                    f"cannot prepare denominations: {type(exc).__name__}"
+                ) from exc
+            return self._load(now)
+
+    def _create(self, value: int, epoch: int, seconds: int, now: datetime) -> None:
+        start = _EPOCH_ORIGIN + epoch * seconds
+        sealed = new_denomination_key(self.keyring, self.policy.key_bits)
+        withdraw_until = start + seconds
+        deposit_until = withdraw_until + int(self.policy.deposit_grace.total_seconds())
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    denominations_table.insert().values(
+                        id=sealed.denomination,
+                        value=value,
+                        epoch=epoch,
+                        public_key=sealed.spki,
+                        sealed=sealed.sealed,
+                        withdraw_from=start,
+                        withdraw_until=withdraw_until,
+                        deposit_until=deposit_until,
+                        legal_until=deposit_until + int(self.policy.legal_grace.total_seconds()),
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            pass  # another process created this (value, epoch) first: its key is the one
+
+    def _announce(self) -> None:
+        d = denominations_table
+        with self.engine.connect() as conn:
+            pending = conn.execute(sa.select(d).where(d.c.entry_idx.is_(None))).all()
+        for row in pending:
+            event = DenominationAnnounced(
+                bytes(row.public_key),
+                row.value,
+                row.withdraw_from,
+                row.withdraw_until,
+                row.deposit_until,
+                row.legal_until,
+            )
+            digest = hashlib.sha256(
+                bytes(row.public_key)
+                + struct.pack(
+                    ">QQQQQ",
+                    row.value,
+                    row.withdraw_from,
+                    row.withdraw_until,
+                    row.deposit_until,
+                    row.legal_until,
+                )
+            ).digest()
+            appended = self.store.append(
+                event, idempotency=IdempotencyKey(_ANNOUNCEMENTS, bytes(row.id).hex(), digest)
+            )
+            with self.engine.begin() as conn:
+                conn.execute(d.update().where(d.c.id == row.id).values(entry_idx=appended.index))
+
+    def _load(self, now: datetime) -> list[Denomination]:
+        d = denominations_table
+        t = _unix(now)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(d)
+                .where(d.c.entry_idx.is_not(None), d.c.deposit_until > t)
+                .order_by(d.c.withdraw_from, d.c.value)
+            ).all()
+        entries = {row.entry_idx: self.store.entry(row.entry_idx) for row in rows}
+        published = []
+        keys = _Keys(loaded_at=now)
+        for row in rows:
+            logged = entries[row.entry_idx]
+            if logged is None:  # pragma: no cover - the index came from an append
+                continue
+            denomination = Denomination(
+                bytes(row.public_key),
+                row.value,
+                row.withdraw_from,
+                row.withdraw_until,
+                row.deposit_until,
+                row.legal_until,
+                row.entry_idx,
+                logged.data,
+            )
+            published.append(denomination)
+            keys.by_id[denomination.id] = denomination
+            if row.sealed is not None and row.withdraw_until > t:
+                cached = self._keys.private.get(denomination.id)
+                keys.private[denomination.id] = cached or open_denomination_key(
+                    self.keyring, bytes(row.public_key), bytes(row.sealed)
+                )
+        self._keys = keys
+        return published
+
+    def denominations(self) -> list[Denomination]:
+        """The published denominations (loaded at most once a minute, created on first use)."""
+        now = self.clock()
+        keys = self._keys
+        if keys.loaded_at is None or now - keys.loaded_at > _REFRESH or not keys.by_id:
+            return self.ensure_denominations()
+        return list(keys.by_id.values())
+
+    def signed_denominations(self) -> tuple[list[Denomination], str]:
+        """The published denominations and their list signed by the ledger key."""
+        items = self.denominations()
+        _, signer = checkpoint_signer(self.keyring, self.origin)
+        return items, denominations_note(self.origin, _unix(self.clock()), items, signer)
+
+    def _denomination(self, denomination: bytes) -> Denomination:
+        self.denominations()
+        found = self._keys.by_id.get(denomination)
+        if found is None:
+            raise UnknownDenomination("no such denomination is published")
+        return found
+
+    # -- withdraw ------------------------------------------------------------------------------
+
+    def withdraw(
+        self, pseudonym: str, request_id: str, items: Sequence[tuple[bytes, bytes]]
+    ) -> Withdrawal:
+        """Debit ``pseudonym`` for the coins and blind-sign ``(denomination, blinded)`` items."""
+        if not 1 <= len(items) <= self.policy.max_coins:
+            raise WithdrawalLimit(f"a withdrawal holds 1..{self.policy.max_coins} coins")
+        t = _unix(self.clock())
+        denominations = []
+        for denomination_id, blinded in items:
+            denomination = self._denomination(denomination_id)
+            if not denomination.withdraw_from <= t < denomination.withdraw_until:
+                raise DenominationExpired("the denomination does not accept withdrawals now")
+            if len(blinded) != denomination.key.modulus_len:
+                raise MalformedCoinRequest("a blinded message has the wrong size")
+            denominations.append(denomination)
+        points = sum(d.value for d in denominations)
+        digest = hashlib.sha256(
+            b"".join(d + len(b).to_bytes(2, "big") + b for d, b in items)
+        ).digest()
+        stored = self._claim_withdrawal(pseudonym, request_id, digest, points)
+        if stored is not None:
+            return stored
+        counts = Counter(d.id for d in denominations)
+        event = WithdrawalDebited(
+            pseudonym, points, tuple(CoinCount(d, n) for d, n in sorted(counts.items()))
+        )
+        key = IdempotencyKey(_WITHDRAWALS, f"{pseudonym} {request_id}", digest)
+        try:
+            appended = self.store.append(event, idempotency=key)
+        except LedgerError:
+            try:
+                done = self.store.find_idempotent(key)
+            except LedgerError:
+                done = None
+            if done is None:  # nothing was debited: forget the claim, the request may retry
+                self._release_withdrawal(pseudonym, request_id)
+            raise
+        try:
+            signatures = [
+                blind_sign(self._keys.private[d.id], blinded)
+                for d, (_, blinded) in zip(denominations, items, strict=True)
+            ]
+        except KeyError:
+            raise DenominationExpired("the denomination stopped accepting withdrawals") from None
+        except BlindRSAError as exc:
+            raise MalformedCoinRequest(f"a blinded message cannot be signed: {exc}") from None
+        w = withdrawals_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                w.update()
+                .where(w.c.pseudonym == pseudonym, w.c.request_id == request_id)
+                .values(entry_idx=appended.index, signatures=_join(signatures))
+            )
+        return Withdrawal(
+            request_id, points, appended.index, appended.leaf_hash, signatures, appended.replayed
+        )
+
+    def _claim_withdrawal(
+        self, pseudonym: str, request_id: str, digest: bytes, points: int
+    ) -> Withdrawal | None:
+        """Record the request (checking the daily limit), or answer its replay."""
+        w = withdrawals_table
+        now = self.clock()
+        day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # One claim per pseudonym at a time across processes (the daily sum).
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:p, 7))"),
+                    {"p": pseudonym},
+                )
+            row = conn.execute(
+                sa.select(w).where(w.c.pseudonym == pseudonym, w.c.request_id == request_id)
+            ).first()
+            if row is None:
+                today = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(w.c.points), 0)).where(
+                        w.c.pseudonym == pseudonym, w.c.created_at >= day
+                    )
+                ).scalar_one()
+                if int(today) + points > self.policy.max_points_per_day:
+                    raise WithdrawalLimit(
+                        f"withdrawals are limited to {self.policy.max_points_per_day} points a day"
+                    )
+                conn.execute(
+                    w.insert().values(
+                        pseudonym=pseudonym,
+                        request_id=request_id,
+                        request_digest=digest,
+                        points=points,
+                        created_at=now,
+                    )
+                )
+                return None
+        if bytes(row.request_digest) != digest:
+            raise RequestConflict("this request_id was used for another withdrawal")
+        if row.signatures is None:
+            return None  # a retry after a lost step: redo the (idempotent) rest
+        logged = self.store.entry(row.entry_idx)
+        if logged is None:  # pragma: no cover - the index came from an append
+            raise LedgerStoreError("a withdrawal's entry is missing")
+        return Withdrawal(
+            request_id,
+            row.points,
+            row.entry_idx,
+            logged.leaf_hash,
+            _split(bytes(row.signatures)),
+            replayed=True,
+        )
+
+    def _release_withdrawal(self, pseudonym: str, request_id: str) -> None:
+        w = withdrawals_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                w.delete().where(
+                    w.c.pseudonym == pseudonym,
+                    w.c.request_id == request_id,
+                    w.c.entry_idx.is_(None),
+                )
+            )
+
+    # -- deposit -------------------------------------------------------------------------------
+
+    def deposit(self, partner: str, order: str, amount: int, coins: Sequence[PaidCoin]) -> Deposit:
+        """Check and spend ``coins`` paying ``amount`` for ``order`` to ``partner``."""
+        if not ORDER.fullmatch(order):
+            raise MalformedCoinRequest("order must be 1..128 printable ASCII characters")
+        if not 1 <= len(coins) <= MAX_COINS:
+            raise MalformedCoinRequest(f"a deposit holds 1..{MAX_COINS} coins")
+        if len({c.coin.coin for c in coins}) != len(coins):
+            raise MalformedCoinRequest("a coin appears twice in the deposit")
+        digest = _deposit_digest(partner, order, amount, coins)
+        existing = self._deposit_row(partner, order)
+        if existing is not None:
+            return self._resume(existing, digest)
+        t = _unix(self.clock())
+        total = 0
+        for paid in coins:
+            denomination = self._denomination(paid.coin.denomination)
+            if not denomination.withdraw_from <= t < denomination.deposit_until:
+                raise DenominationExpired("the coin's denomination no longer accepts deposits")
+            try:
+                paid.coin.check_signature(denomination.key)
+            except CoinError:
+                raise InvalidCoin("a coin's denomination signature does not verify") from None
+            if paid.signed_at > t + _PERMISSION_SKEW:
+                raise InvalidPermission("a deposit permission is dated in the future")
+            try:
+                paid.coin.check_permission(partner, order, amount, paid.signed_at, paid.permission)
+            except CoinError:
+                raise InvalidPermission(
+                    "a deposit permission is not signed by its coin for this payment"
+                ) from None
+            total += denomination.value
+        if total != amount:
+            raise AmountMismatch(f"the coins are worth {total} points, the amount is {amount}")
+        self._claim_coins(partner, order, amount, coins, digest)
+        row = self._deposit_row(partner, order)
+        assert row is not None
+        return self._resume(row, digest)
+
+    def _deposit_row(self, partner: str, order: str) -> sa.Row[tuple[object, ...]] | None:
+        d = deposits_table
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(d).where(d.c.partner == partner, d.c.order_ref == order)
+            ).first()
+
+    def _claim_coins(
+        self, partner: str, order: str, amount: int, coins: Sequence[PaidCoin], digest: bytes
+    ) -> None:
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    deposits_table.insert().values(
+                        partner=partner,
+                        order_ref=order,
+                        request_digest=digest,
+                        points=amount,
+                        coins=len(coins),
+                        created_at=now,
+                    )
+                )
+                conn.execute(
+                    spent_table.insert(),
+                    [
+                        {
+                            "coin": c.coin.coin,
+                            "denomination": c.coin.denomination,
+                            "partner": partner,
+                            "order_ref": order,
+                            "signed_at": c.signed_at,
+                            "permission": c.permission,
+                            "created_at": now,
+                        }
+                        for c in coins
+                    ],
+                )
+        except IntegrityError:
+            if self._deposit_row(partner, order) is not None:
+                return  # the same order was claimed concurrently: resume it
+            self._double_spend(partner, order, amount, coins, now)
+
+    def _double_spend(
+        self,
+        partner: str,
+        order: str,
+        amount: int,
+        coins: Sequence[PaidCoin],
+        now: datetime,
+    ) -> None:
+        s = spent_table
+        with self.engine.begin() as conn:
+            spent = {
+                bytes(row.coin)
+                for row in conn.execute(
+                    sa.select(s.c.coin).where(s.c.coin.in_([c.coin.coin for c in coins]))
+                )
+            }
+            conflicting = [c for c in coins if c.coin.coin in spent]
+            if conflicting:
+                conn.execute(
+                    double_spends_table.insert(),
+                    [
+                        {
+                            "coin": c.coin.coin,
+                            "denomination": c.coin.denomination,
+                            "partner": partner,
+                            "order_ref": order,
+                            "amount": amount,
+                            "signed_at": c.signed_at,
+                            "permission": c.permission,
+                            "created_at": now,
+                        }
+                        for c in conflicting
+                    ],
+                )
+        if not conflicting:  # pragma: no cover - a conflict that vanished: let the caller retry
+            raise LedgerStoreError("the deposit conflicted; retry it")
+        raise CoinAlreadySpent(
+            "a coin was already spent", [b64encode(c.coin.coin) for c in conflicting]
+        )
+
+    def _resume(self, row: sa.Row[tuple[object, ...]], digest: bytes) -> Deposit:
+        """Answer a claimed deposit: append its entry and sign its receipt if not done yet."""
+        partner, order = str(row.partner), str(row.order_ref)
+        if bytes(row.request_digest) != digest:
+            raise RequestConflict("this order was deposited with other coins or amount")
+        if row.receipt is not None:
+            note = bytes(row.receipt).decode()
+            return Deposit(read_receipt(note, self.origin), note, replayed=True)
+        s = spent_table
+        with self.engine.connect() as conn:
+            spent = conn.execute(
+                sa.select(s.c.denomination, s.c.coin).where(
+                    s.c.partner == partner, s.c.order_ref == order
+                )
+            ).all()
+        event = CoinsDeposited(
+            partner,
+            int(row.points),
+            _payment_request_digest(partner, order, int(row.points)),
+            tuple(
+                sorted(
+                    (SpentCoin(bytes(d), bytes(c)) for d, c in spent),
+                    key=lambda x: x.denomination + x.coin,
+                )
+            ),
+        )
+        key = IdempotencyKey(_DEPOSITS, f"{partner} {order}", digest)
+        try:
+            appended = self.store.append(event, idempotency=key)
+        except IdempotencyConflict:  # pragma: no cover - the row's digest was checked above
+            raise RequestConflict("this order was deposited with other coins") from None
+        receipt = DepositReceipt(
+            partner,
+            order,
+            int(row.points),
+            len(spent),
+            appended.index,
+            appended.leaf_hash,
+            _unix(_aware(row.created_at)),
+        )
+        _, signer = checkpoint_signer(self.keyring, self.origin)
+        note = receipt_note(self.origin, receipt, signer)
+        d = deposits_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                d.update()
+                .where(d.c.partner == partner, d.c.order_ref == order, d.c.receipt.is_(None))
+                .values(entry_idx=appended.index, receipt=note.encode())
+            )
+        return Deposit(receipt, note, replayed=appended.replayed)
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def statement(self, partner: str, start: datetime, end: datetime) -> tuple[Statement, str]:
+        """The partner's answered deposits made in ``[start, end)``, signed by the ledger."""
+        d = deposits_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(d)
+                .where(
+                    d.c.partner == partner,
+                    d.c.receipt.is_not(None),
+                    d.c.created_at >= start,
+                    d.c.created_at < end,
+                )
+                .order_by(d.c.entry_idx)
+            ).all()
+        statement = Statement(
+            partner,
+            _unix(start),
+            _unix(end),
+            _unix(self.clock()),
+            tuple(
+                StatementLine(
+                    row.entry_idx,
+                    row.order_ref,
+                    row.points,
+                    row.coins,
+                    _unix(_aware(row.created_at)),
+                )
+                for row in rows
+            ),
+        )
+        _, signer = checkpoint_signer(self.keyring, self.origin)
+        return statement, statement_note(self.origin, statement, signer)
+
+
+def _join(signatures: Sequence[bytes]) -> bytes:
+    return b"".join(len(s).to_bytes(2, "big") + s for s in signatures)
+
+
+def _split(blob: bytes) -> list[bytes]:
+    out, i = [], 0
+    while i < len(blob):
+        size = int.from_bytes(blob[i : i + 2], "big")
+        out.append(blob[i + 2 : i + 2 + size])
+        i += 2 + size
+    return out
+
+
+def _payment_request_digest(partner: str, order: str, amount: int) -> bytes:
+    """What the deposit entry's ``request`` field holds: SHA-256 of the payment request."""
+    return hashlib.sha256(
+        b"nicecard payment request v1\x00"
+        + bytes([len(partner)])
+        + partner.encode("ascii")
+        + bytes([len(order)])
+        + order.encode("ascii")
+        + amount.to_bytes(8, "big")
+    ).digest()
+
+
+def _deposit_digest(partner: str, order: str, amount: int, coins: Sequence[PaidCoin]) -> bytes:
+    """A digest of a whole deposit request: a replay must carry exactly the same coins."""
+    h = hashlib.sha256(_payment_request_digest(partner, order, amount))
+    for paid in sorted(coins, key=lambda c: c.coin.coin):
+        c = paid.coin
+        h.update(c.denomination + c.coin + c.randomizer + paid.permission)
+        h.update(paid.signed_at.to_bytes(8, "big") + len(c.signature).to_bytes(2, "big"))
+        h.update(c.signature)
+    return h.digest()

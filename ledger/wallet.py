@@ -1,0 +1,319 @@
+"""The reference citizen wallet: make coins, blind them, finalize, pay.
+
+Everything here runs on the citizen's device. The ledger sees blinded messages at withdrawal and
+coins at deposit, and nothing connects the two: the coin key pair, the RFC 9474 randomizer and
+the blinding factor never leave the wallet (the blinding factor is dropped once the coin is
+finalized). :class:`WalletClient` speaks HTTP to the service; :class:`CoinPurse` keeps coins in
+a JSON file (it holds private keys: the file is created ``0600``).
+
+Denominations are trusted only once checked: their list is signed by the ledger key the wallet
+pins, each key's announcement entry matches it, and that entry is in the log (an inclusion
+proof against a checkpoint signed by the same key). A key shown to this wallet but not logged,
+which could single it out, is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from keys.blind_rsa import BlindingResult, blind, finalize, prepare
+from keys.errors import BlindRSAError
+from keys.note import NoteVerifier
+from ledger.checkpoint import open_checkpoint
+from ledger.coins import (
+    VARIANT,
+    Coin,
+    CoinError,
+    Denomination,
+    b64decode,
+    b64encode,
+    open_denominations,
+    permission_message,
+)
+from ledger.errors import LedgerError
+from ledger.merkle import leaf_hash, verify_inclusion
+
+__all__ = [
+    "CoinPurse",
+    "OwnedCoin",
+    "PaymentRequest",
+    "PendingCoin",
+    "WalletClient",
+    "WalletError",
+    "choose_values",
+    "finish_withdrawal",
+    "pay",
+    "prepare_withdrawal",
+]
+
+
+class WalletError(LedgerError):
+    """The wallet cannot do what was asked (not enough coins, a refused answer, bad data)."""
+
+
+@dataclass(frozen=True)
+class PendingCoin:
+    """A coin being withdrawn: everything needed to finalize it. Never sent anywhere."""
+
+    denomination: Denomination
+    private_key: bytes
+    randomizer: bytes
+    blinding: BlindingResult
+
+    @property
+    def coin(self) -> bytes:
+        return (
+            Ed25519PrivateKey.from_private_bytes(self.private_key).public_key().public_bytes_raw()
+        )
+
+
+@dataclass(frozen=True)
+class OwnedCoin:
+    """A finalized coin and its private key, ready to pay with."""
+
+    coin: Coin
+    value: int
+    private_key: bytes
+    deposit_until: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.coin.to_json(),
+            "value": self.value,
+            "private_key": b64encode(self.private_key),
+            "deposit_until": self.deposit_until,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> OwnedCoin:
+        return cls(
+            Coin.from_json(
+                {k: raw[k] for k in ("denomination", "coin_pub", "randomizer", "signature")}
+            ),
+            int(raw["value"]),
+            b64decode(raw["private_key"], "private_key", 32),
+            int(raw["deposit_until"]),
+        )
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    """What a partner asks a wallet to pay: its client id, an order reference, an amount."""
+
+    partner: str
+    order: str
+    amount: int
+
+
+def choose_values(values: Iterable[int], amount: int) -> list[int]:
+    """Coin values adding up to ``amount``, fewest coins first (greedy, exact when 1 exists)."""
+    out: list[int] = []
+    remaining = amount
+    for value in sorted(set(values), reverse=True):
+        count, remaining = divmod(remaining, value)
+        out += [value] * count
+    if remaining:
+        raise WalletError(f"{amount} points cannot be made from the denominations")
+    return out
+
+
+def prepare_withdrawal(
+    denominations: Sequence[Denomination], amount: int, *, now: int | None = None
+) -> list[PendingCoin]:
+    """Make the coins for ``amount`` points from the denominations withdrawable now."""
+    t = int(time.time()) if now is None else now
+    usable = {d.value: d for d in denominations if d.withdraw_from <= t < d.withdraw_until}
+    pending = []
+    for value in choose_values(usable, amount):
+        denomination = usable[value]
+        private = Ed25519PrivateKey.generate()
+        coin = private.public_key().public_bytes_raw()
+        prepared = prepare(VARIANT, coin)
+        pending.append(
+            PendingCoin(
+                denomination,
+                private.private_bytes_raw(),
+                prepared[:32],
+                blind(VARIANT, denomination.key, prepared),
+            )
+        )
+    return pending
+
+
+def finish_withdrawal(
+    pending: Sequence[PendingCoin], signatures: Sequence[bytes]
+) -> list[OwnedCoin]:
+    """Unblind each signature; a signature that does not verify is refused (RFC 9474 §4.4)."""
+    if len(signatures) != len(pending):
+        raise WalletError("the mint answered a different number of signatures")
+    owned = []
+    for item, blind_sig in zip(pending, signatures, strict=True):
+        prepared = item.randomizer + item.coin
+        try:
+            signature = finalize(
+                VARIANT, item.denomination.key, prepared, blind_sig, item.blinding.inv
+            )
+        except BlindRSAError:
+            raise WalletError("a blind signature does not verify") from None
+        owned.append(
+            OwnedCoin(
+                Coin(item.denomination.id, item.coin, item.randomizer, signature),
+                item.denomination.value,
+                item.private_key,
+                item.denomination.deposit_until,
+            )
+        )
+    return owned
+
+
+def pay(
+    coins: Sequence[OwnedCoin], request: PaymentRequest, *, now: int | None = None
+) -> dict[str, Any]:
+    """The deposit body for ``request``: each coin with its signed permission."""
+    signed_at = int(time.time()) if now is None else now
+    if sum(c.value for c in coins) != request.amount:
+        raise WalletError("the coins do not add up to the amount")
+    body = []
+    for owned in coins:
+        message = permission_message(
+            request.partner,
+            request.order,
+            request.amount,
+            coin=owned.coin.coin,
+            denomination=owned.coin.denomination,
+            signed_at=signed_at,
+        )
+        permission = Ed25519PrivateKey.from_private_bytes(owned.private_key).sign(message)
+        body.append(
+            {
+                **owned.coin.to_json(),
+                "signed_at": signed_at,
+                "permission": b64encode(permission),
+            }
+        )
+    return {"order": request.order, "amount": request.amount, "coins": body}
+
+
+class CoinPurse:
+    """Coins kept in a JSON file (private keys inside: created with mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[OwnedCoin]:
+        if not self.path.exists():
+            return []
+        try:
+            raw = json.loads(self.path.read_text("utf-8"))
+            return [OwnedCoin.from_json(item) for item in raw["coins"]]
+        except (ValueError, KeyError, TypeError, CoinError) as exc:
+            raise WalletError(f"{self.path} is not a coin file: {exc}") from None
+
+    def save(self, coins: Sequence[OwnedCoin]) -> None:
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"coins": [c.to_json() for c in coins]}, fh, indent=1)
+        os.replace(tmp, self.path)
+
+    def take(self, amount: int) -> list[OwnedCoin]:
+        """Coins adding up to exactly ``amount`` (largest first); raises WalletError."""
+        chosen: list[OwnedCoin] = []
+        remaining = amount
+        for coin in sorted(self.load(), key=lambda c: -c.value):
+            if coin.value <= remaining:
+                chosen.append(coin)
+                remaining -= coin.value
+        if remaining:
+            raise WalletError(f"the purse cannot pay exactly {amount} points")
+        return chosen
+
+    def remove(self, spent: Iterable[OwnedCoin]) -> None:
+        gone = {c.coin.coin for c in spent}
+        self.save([c for c in self.load() if c.coin.coin not in gone])
+
+
+class WalletClient:
+    """The wallet's HTTP side: denominations (checked against the log), withdraw."""
+
+    def __init__(
+        self, http: httpx.Client, *, origin: str, ledger_key: NoteVerifier, access_token: str
+    ) -> None:
+        self.http = http
+        self.origin = origin
+        self.ledger_key = ledger_key
+        self.access_token = access_token
+
+    def denominations(self) -> list[Denomination]:
+        """The published denominations, each checked to be announced in the log."""
+        answer = self._json(self.http.get("/v1/denominations"))
+        try:
+            items = [Denomination.from_json(raw) for raw in answer["denominations"]]
+            open_denominations(answer["signed"], items, [self.ledger_key], self.origin)
+        except (KeyError, TypeError) as exc:
+            raise WalletError(f"malformed denominations answer: {exc}") from None
+        for item in items:
+            item.check_entry()
+            self._check_logged(item)
+        return items
+
+    def _check_logged(self, item: Denomination) -> None:
+        proof = self._json(
+            self.http.get("/ledger/proof/inclusion", params={"index": item.entry_index})
+        )
+        try:
+            checkpoint = open_checkpoint(
+                proof["checkpoint"].encode(), [self.ledger_key], origin=self.origin
+            )
+            hashes = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
+            root = checkpoint.root_hash
+            verify_inclusion(leaf_hash(item.entry), item.entry_index, checkpoint.size, hashes, root)
+        except (KeyError, TypeError, ValueError, LedgerError) as exc:
+            raise WalletError(f"denomination key is not in the log: {exc}") from None
+
+    def withdraw(
+        self, amount: int, *, denominations: Sequence[Denomination] | None = None
+    ) -> list[OwnedCoin]:
+        """Withdraw ``amount`` points as coins; a lost answer is retried with the same id."""
+        items = self.denominations() if denominations is None else denominations
+        pending = prepare_withdrawal(items, amount)
+        body = {
+            "request_id": secrets.token_urlsafe(24),
+            "coins": [
+                {
+                    "denomination": p.denomination.id.hex(),
+                    "blinded_message": b64encode(p.blinding.blinded_msg),
+                }
+                for p in pending
+            ],
+        }
+        headers = {"Authorization": f"Bearer {self.access_token}"}
+        try:
+            response = self.http.post("/v1/wallet/withdrawals", json=body, headers=headers)
+        except httpx.TransportError:
+            response = self.http.post("/v1/wallet/withdrawals", json=body, headers=headers)
+        answer = self._json(response)
+        signatures = [b64decode(s, "blind signature") for s in answer["blind_signatures"]]
+        return finish_withdrawal(pending, signatures)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+                detail = problem.get("detail") or problem.get("title")
+            except ValueError:
+                detail = response.reason_phrase
+            raise WalletError(f"HTTP {response.status_code}: {detail}")
+        return response.json()
