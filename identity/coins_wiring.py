@@ -2,8 +2,9 @@
 
 The routes and the mint are the ledger's (:mod:`ledger.coins_api`, :mod:`ledger.mint`); this
 module only builds the :class:`~ledger.mint.Mint` from settings when the app starts (after the
-ledger service, whose authenticator the routes use). Denomination keys are made on first use,
-and an hourly task makes the next epoch's keys ahead of time and wipes expired private halves.
+ledger service, whose authenticator the routes use). An hourly task makes the current and next
+epochs' keys ahead of time and wipes expired private halves; outside development it runs at
+start too (development makes them on first use, so a test app that never mints pays nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from identity.settings import Settings
+from keys.errors import KeysError
 from ledger.coins_api import coins_router
 from ledger.errors import LedgerError
 from ledger.mint import Mint, MintPolicy
@@ -57,7 +59,8 @@ def mount_coins(app: FastAPI) -> None:
                 clock=app_.state.clock,
             )
             app_.state.mint = mint
-            upkeep = asyncio.create_task(_upkeep(mint))
+            first = _UPKEEP_SECONDS if app_.state.settings.is_development else 0.0
+            upkeep = asyncio.create_task(_upkeep(mint, first))
             try:
                 yield state
             finally:
@@ -68,11 +71,13 @@ def mount_coins(app: FastAPI) -> None:
     app.router.lifespan_context = lifespan
 
 
-async def _upkeep(mint: Mint) -> None:
+async def _upkeep(mint: Mint, first: float) -> None:
     """Keep the next epoch's keys made and announced, and expired private halves wiped."""
+    delay = first
     while True:
-        await asyncio.sleep(_UPKEEP_SECONDS)
+        await asyncio.sleep(delay)
+        delay = _UPKEEP_SECONDS
         try:
             await run_in_threadpool(mint.ensure_denominations)
-        except LedgerError as exc:
+        except (LedgerError, KeysError) as exc:
             log.warning("denomination upkeep failed", extra={"error": type(exc).__name__})
