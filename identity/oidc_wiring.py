@@ -21,6 +21,21 @@ updated, and clients it listed before but no longer does are removed. Clients ad
 ``nicecard clients add`` are left alone. Secrets never appear in the file: a client using
 ``client_secret_basic`` or ``client_secret_post`` gets its secret from
 ``nicecard clients rotate-secret``, which keeps it across restarts.
+
+A client with a ``sector_identifier_uri`` has that document fetched and checked (it must list
+every redirect URI, :mod:`oidc.sector`) when the entry is new or its redirect URIs or sector
+identifier changed; a failed check stops the start, naming the client. Certificates are checked
+against the default trust store, or only against ``NICECARD_SECTOR_IDENTIFIER_CA_FILE``.
+
+``security_profile = "fapi2"`` registers a client under the FAPI 2.0 Security Profile (see
+:class:`oidc.clients.SecurityProfile`)::
+
+    [[clients]]
+    client_id = "bank"
+    security_profile = "fapi2"     # private_key_jwt, PAR, DPoP, ES256 ID tokens by default
+    redirect_uris = ["https://bank.example/cb"]
+    scope = "openid offline_access"
+    jwks_uri = "https://bank.example/jwks"
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import tomllib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -38,10 +54,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from identity.errors import ConfigurationError
+from identity.settings import Settings
 from keys.keyring import Clock, utc_now
 from oidc.clients import Client, ClientRegistry, InvalidClientMetadata, client_from_metadata
 from oidc.provider import OpenIDProvider, build_provider
 from oidc.routes import oidc_router
+from oidc.sector import SectorFetch, SectorFetcher, verify_sector_identifier
 
 log = logging.getLogger("nicecard.oidc")
 
@@ -94,8 +112,51 @@ def read_clients_file(path: Path) -> list[Client]:
     return clients
 
 
-def sync_clients(clients: list[Client], registry: ClientRegistry) -> None:
-    """Make the registry hold exactly the file's clients (see the module doc)."""
+def sector_fetcher(settings: Settings) -> SectorFetcher:
+    """The fetcher of ``sector_identifier_uri`` documents: the default trust store, or only
+    the CA certificates of ``NICECARD_SECTOR_IDENTIFIER_CA_FILE``."""
+    path = settings.sector_identifier_ca_file
+    if path is None:
+        return SectorFetcher()
+    try:
+        context = ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"NICECARD_SECTOR_IDENTIFIER_CA_FILE: cannot load {path} ({type(exc).__name__})"
+        ) from None
+    return SectorFetcher(verify=context)
+
+
+def check_sectors(clients: list[Client], registry: ClientRegistry, fetch: SectorFetch) -> None:
+    """Check the ``sector_identifier_uri`` of the file's clients that are new or whose redirect
+    URIs or sector identifier changed since they were stored (blocking: network and database).
+    """
+    for client in clients:
+        if client.sector_identifier_uri is None:
+            continue
+        stored = registry.get(client.client_id)
+        if (
+            stored is not None
+            and stored.source == "file"
+            and stored.sector_identifier_uri == client.sector_identifier_uri
+            and stored.redirect_uris == client.redirect_uris
+        ):
+            continue
+        try:
+            verify_sector_identifier(client, fetch)
+        except InvalidClientMetadata as exc:
+            raise ConfigurationError(
+                f"NICECARD_CLIENTS_FILE: client {client.client_id!r}: {exc.description}"
+            ) from None
+
+
+def sync_clients(
+    clients: list[Client], registry: ClientRegistry, fetch: SectorFetch | None = None
+) -> None:
+    """Make the registry hold exactly the file's clients (see the module doc), after checking
+    their sector identifiers with ``fetch`` (when given)."""
+    if fetch is not None:
+        check_sectors(clients, registry, fetch)
     try:
         registry.sync_file_clients(clients)
     except IntegrityError:
@@ -132,11 +193,14 @@ def mount_oidc(app: FastAPI, *, clock: Clock | None = None) -> None:
                 client_cache_seconds=settings.client_cache_seconds,
                 clock=now,
                 db_threads=settings.db_pool_size,
+                sector_fetch=sector_fetcher(settings),
             )
             if settings.clients_file is not None:
                 clients = read_clients_file(settings.clients_file)
                 try:
-                    await run_in_threadpool(sync_clients, clients, provider.registry)
+                    await run_in_threadpool(
+                        sync_clients, clients, provider.registry, provider.sector_fetch
+                    )
                 except SQLAlchemyError as exc:
                     log.warning(
                         "clients file not loaded; run 'nicecard db upgrade'",

@@ -46,13 +46,16 @@ from oidc.authorization import (
 )
 from oidc.claims import SUPPORTED_CLAIMS, release, requested_claims
 from oidc.client_auth import read_client_credentials
+from oidc.clients import FAPI2_ALGS, Client
 from oidc.code_flow import Citizen, CodeFlow
+from oidc.dpop import ALGS as DPOP_ALGS
 from oidc.errors import (
     AccessDenied,
     ConsentRequired,
     InvalidRequest,
     InvalidToken,
     LoginRequired,
+    ServerError,
 )
 from oidc.grants import Grant
 from oidc.id_tokens import PURPOSE_FOR_ALG, sign
@@ -327,9 +330,11 @@ def _access_token(request: Request, form: Mapping[str, Any] | None) -> tuple[str
     raise InvalidToken("a Bearer or DPoP access token is required")
 
 
-async def _check_binding(request: Request, scheme: str, token: str, claims: Any) -> None:
+async def _check_binding(
+    request: Request, scheme: str, token: str, claims: Any, client: Client | None
+) -> None:
     """RFC 9449 §7: a bound token needs the DPoP scheme and a proof by its key (with ``ath``);
-    an unbound one must not be sent as DPoP."""
+    an unbound one must not be sent as DPoP. A FAPI 2.0 client's proofs are PS256 or ES256."""
     bound = (claims.extra.get("cnf") or {}).get("jkt")
     if bound is None:
         if scheme == "dpop":
@@ -341,13 +346,28 @@ async def _check_binding(request: Request, scheme: str, token: str, claims: Any)
     verifier = _flow(request).provider.token_endpoint.dpop
     assert verifier is not None
     url = _flow(request).provider.issuer + "/userinfo"
-    jkt = await verifier.check(proof, method=request.method, url=url, access_token=token)
+    algs = client.allowed_algs(DPOP_ALGS) if client is not None else DPOP_ALGS
+    jkt = await verifier.check(proof, method=request.method, url=url, access_token=token, algs=algs)
     if jkt != bound:
         raise InvalidToken("the DPoP proof is not made with the token's key")
 
 
 #: Client authentication parameters: not part of the pushed authorization request.
 _CLIENT_AUTH_PARAMS = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
+
+
+async def _par_dpop_jkt(request: Request, client: Client, pushed: dict[str, str]) -> None:
+    """RFC 9449 §10.1, for FAPI 2.0 clients (FAPI 2.0 Security Profile §5.3.2.2 item 13): a DPoP
+    proof sent with the pushed request binds the code to its key, as ``dpop_jkt`` would; both
+    must then name the same key (``invalid_request`` otherwise)."""
+    proof = request.headers.get("dpop")
+    verifier = _flow(request).provider.token_endpoint.dpop
+    if not client.fapi2 or proof is None or verifier is None:
+        return
+    url = _flow(request).provider.issuer + "/par"
+    jkt = await verifier.check(proof, method="POST", url=url, algs=client.allowed_algs(DPOP_ALGS))
+    if pushed.setdefault("dpop_jkt", jkt) != jkt:
+        raise InvalidRequest("dpop_jkt is not the thumbprint of the DPoP proof's key")
 
 
 @router.post("/par")
@@ -364,6 +384,7 @@ async def pushed_authorization_request(request: Request) -> JSONResponse:
     if pushed.get("client_id", client.client_id) != client.client_id:
         raise InvalidRequest("client_id does not match the authenticated client")
     pushed["client_id"] = client.client_id
+    await _par_dpop_jkt(request, client, pushed)
     try:
         await validate(pushed, lambda cid: _lookup_client(request, cid), _no_pushed, at_par=True)
     except ErrorPage as exc:
@@ -394,7 +415,8 @@ async def userinfo(request: Request) -> Response:
     scheme, token = _access_token(request, form)
     flow = _flow(request)
     claims, grant = await run_in_threadpool(flow.access_token_grant, token)
-    await _check_binding(request, scheme, token, claims)
+    client = await _lookup_client(request, claims.client_id)
+    await _check_binding(request, scheme, token, claims, client)
     if "openid" not in claims.scope:
         raise InvalidToken("the access token was not issued for openid")
     runtime = get_runtime(request)
@@ -406,8 +428,10 @@ async def userinfo(request: Request) -> Response:
     )
     body = {"sub": claims.sub, **release(source, grant.claims, current_time(request).date())}
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-    client = await _lookup_client(request, claims.client_id)
     if client is not None and client.userinfo_signed_response_alg:
+        if client.fapi2 and client.userinfo_signed_response_alg not in FAPI2_ALGS:
+            # Registration refuses this (FAPI 2.0 §5.4.1); a record that bypassed it gets none.
+            raise ServerError("the client's registration does not fit its security profile")
         # OpenID Connect Core §5.3.2: a signed response carries iss and aud.
         signed = sign(
             runtime.keyring,

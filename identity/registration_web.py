@@ -39,7 +39,12 @@ async def register_client(request: Request) -> JSONResponse:
         raise InvalidClientMetadata("the request body must be a JSON object")
     provider = request.app.state.oidc
     _client, _secret, body = await run_in_threadpool(
-        register, metadata, provider.registry, request.app.state.clock()
+        lambda: register(
+            metadata,
+            provider.registry,
+            request.app.state.clock(),
+            sector_fetch=provider.sector_fetch,
+        )
     )
     return JSONResponse(
         body, status_code=201, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -9,7 +9,8 @@ Rules beyond the base specifications (RFC 9700, FAPI 2.0): PKCE with S256 for ev
 (``plain`` refused, RFC 9700 §2.1.1); exact redirect URI matching, which may be omitted only when
 exactly one is registered; ``response_type=code`` only; request objects are not supported
 (``request_not_supported``) and ``request_uri`` must come from our pushed authorization request
-endpoint (RFC 9126); unknown parameters are ignored.
+endpoint (RFC 9126); unknown parameters are ignored. For FAPI 2.0 clients the request must come
+through PAR and name its ``redirect_uri`` there (FAPI 2.0 Security Profile §5.3.2.2 items 3, 6).
 """
 
 from __future__ import annotations
@@ -153,8 +154,10 @@ def _checked(
     """The checks whose failures go back to the client (raised as :class:`OAuthError`)."""
     if "request" in params:
         raise RequestNotSupported("request objects are not supported; use /par")
-    if client.require_pushed_authorization_requests and request_uri is None and not at_par:
+    if client.requires_par and request_uri is None and not at_par:
         raise InvalidRequest("this client must push its requests to /par (RFC 9126)")
+    if client.fapi2 and at_par and not given:
+        raise InvalidRequest("redirect_uri is required in a pushed request (FAPI 2.0)")
     if params.get("response_type") != "code":
         raise UnsupportedResponseType("only response_type=code is supported")
     if not client.check_grant_type(GrantType.AUTHORIZATION_CODE.value):

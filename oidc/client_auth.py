@@ -12,6 +12,10 @@ Methods (RFC 6749 §2.3, RFC 7591 §2, OpenID Connect Core §9):
   once, across every server process (the replay store inserts it under a unique key);
 - ``none``: a public client names itself with ``client_id`` (RFC 6749 §2.1).
 
+For FAPI 2.0 clients (:attr:`oidc.clients.Client.fapi2`) an assertion must be PS256 or ES256
+(FAPI 2.0 Security Profile §5.4.1) and its ``aud`` the issuer, as a string (§5.3.2.1 item 8,
+against audience injection).
+
 A request uses exactly one method (RFC 6749 §2.3: "MUST NOT use more than one") and the method
 must be the one the client registered. Failures raise :class:`oidc.errors.InvalidClient`;
 secret failures all say the same thing, so they reveal nothing about which clients exist.
@@ -288,6 +292,8 @@ class ClientAuthenticator:
         audiences: Collection[str],
         clock: Clock = utc_now,
     ) -> None:
+        """``audiences``: the ``aud`` values accepted, the issuer first (the only one accepted
+        from FAPI 2.0 clients)."""
         self._directory = directory
         self._keys = keys
         self._replay = replay
@@ -351,9 +357,14 @@ class ClientAuthenticator:
             raise InvalidClient("client authentication failed")
         if client.token_endpoint_auth_signing_alg not in (None, alg):
             raise InvalidClient(f"the client registered {client.token_endpoint_auth_signing_alg}")
+        allowed = client.allowed_algs(ASSERTION_ALGS)
+        if alg not in allowed:
+            raise InvalidClient(f"this client's assertions must use {', '.join(allowed)}")
         kid = header.get("kid")
         key = await self._keys.key(client, kid if isinstance(kid, str) else None, str(alg))
         claims = self._verified(assertion, key, str(alg), client.client_id)
+        if client.fapi2 and claims["aud"] != self._audiences[0]:
+            raise InvalidClient("client assertion aud must be the issuer, as a string (FAPI 2.0)")
         jti, keep_until = self._fresh(claims)
         try:
             await self._replay(client.client_id, jti, keep_until)

@@ -6,6 +6,10 @@ Connect Dynamic Client Registration 1.0 §2, so that the same validation serves 
 registration later. Some fields are stored before the flows that use them exist (redirect URIs,
 logout URIs, PAR and DPoP requirements).
 
+``security_profile = "fapi2"`` puts a client under the FAPI 2.0 Security Profile (see
+:class:`SecurityProfile`): registration refuses metadata that contradicts it, and the endpoints
+apply its rules to that client (each names the section it implements).
+
 :class:`Client` also answers the questions Authlib asks of a client (``ClientMixin``:
 ``check_redirect_uri``, ``check_grant_type``...) by duck typing, so Authlib grants can use it
 as is; client authentication itself never goes through Authlib's secret check
@@ -71,6 +75,18 @@ class AuthMethod(enum.StrEnum):
         return self is not AuthMethod.NONE
 
 
+class SecurityProfile(enum.StrEnum):
+    """Security profiles a client may be registered under (member ``security_profile``).
+
+    No specification defines a client metadata member for this; providers choose the profile
+    per client in their own way (node-oidc-provider: a ``fapi.profile`` function of the client;
+    Keycloak: a client policy with the ``fapi-2-security-profile`` profile). ``fapi2`` is the
+    FAPI 2.0 Security Profile (final, 2025); its Message Signing profile is not offered.
+    """
+
+    FAPI2 = "fapi2"
+
+
 class GrantType(enum.StrEnum):
     AUTHORIZATION_CODE = "authorization_code"
     REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a grant name)
@@ -83,6 +99,11 @@ RESPONSE_TYPES = frozenset({"code"})
 ID_TOKEN_ALGS = ("RS256", "PS256", "ES256")
 #: JWS algorithms accepted for private_key_jwt assertions (never ``none``, never HMAC).
 ASSERTION_ALGS = ("ES256", "PS256", "RS256")
+#: FAPI 2.0 Security Profile §5.4.1: the JWS algorithms a FAPI client's tokens, assertions and
+#: proofs may use (EdDSA is allowed too but not offered here; RS256 never).
+FAPI2_ALGS = ("PS256", "ES256")
+#: ID token algorithm of a FAPI client that registers none (access tokens are ES256 too).
+FAPI2_DEFAULT_ID_TOKEN_ALG = "ES256"  # noqa: S105 (an algorithm)
 #: Scopes that need a signed-in citizen: never granted to a client acting for itself.
 USER_SCOPES = frozenset({"openid", "profile", "email", "address", "phone", "offline_access"})
 
@@ -139,6 +160,8 @@ class Client:
     jwks_uri: str | None = None
     require_pushed_authorization_requests: bool = False
     dpop_bound_access_tokens: bool = False
+    #: a security profile whose rules apply to this client (FAPI 2.0), or None
+    security_profile: SecurityProfile | None = None
     #: SHA-256 digest of the generated secret (client_secret_basic/post only)
     secret_hash: bytes | None = field(default=None, repr=False)
     secret_rotated_at: datetime | None = None
@@ -157,6 +180,28 @@ class Client:
     @property
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method is AuthMethod.NONE
+
+    @property
+    def fapi2(self) -> bool:
+        """Whether the FAPI 2.0 Security Profile applies to this client."""
+        return self.security_profile is SecurityProfile.FAPI2
+
+    @property
+    def requires_par(self) -> bool:
+        """RFC 9126 §6 ``require_pushed_authorization_requests``; always for FAPI 2.0 clients
+        (FAPI 2.0 Security Profile §5.3.2.2 items 2-3)."""
+        return self.require_pushed_authorization_requests or self.fapi2
+
+    @property
+    def requires_dpop(self) -> bool:
+        """RFC 9449 §5.2 ``dpop_bound_access_tokens``; always for FAPI 2.0 clients (§5.3.2.1
+        items 4-5: sender-constrained access tokens, DPoP being the method offered here)."""
+        return self.dpop_bound_access_tokens or self.fapi2
+
+    def allowed_algs(self, algs: Iterable[str]) -> tuple[str, ...]:
+        """``algs`` (an endpoint's allow-list for assertions or DPoP proofs) narrowed by the
+        client's profile: PS256 and ES256 only for FAPI 2.0 (Security Profile §5.4.1)."""
+        return tuple(alg for alg in algs if not self.fapi2 or alg in FAPI2_ALGS)
 
     def metadata(self) -> dict[str, Any]:
         """The registration as RFC 7591 client metadata (what ``clients show`` prints)."""
@@ -180,6 +225,7 @@ class Client:
             "jwks_uri": self.jwks_uri,
             "require_pushed_authorization_requests": self.require_pushed_authorization_requests,
             "dpop_bound_access_tokens": self.dpop_bound_access_tokens,
+            "security_profile": self.security_profile.value if self.security_profile else None,
         }
         return {k: v for k, v in body.items() if v not in (None, [], "")}
 
@@ -329,13 +375,48 @@ def _check_authentication(client: Client) -> None:
         raise InvalidClientMetadata(f"{method} clients have no secret")
 
 
+def _check_fapi2(client: Client) -> None:
+    """FAPI 2.0 Security Profile (final) rules a registration can break: §5.3.2.1 items 3, 4-6
+    (a confidential client authenticating with private_key_jwt, mTLS not being offered here;
+    DPoP-bound tokens), §5.3.2.2 items 1-3 and 8 (the code flow through PAR, https redirect
+    URIs), §5.4.1 (PS256 or ES256 for every signature)."""
+    where = "security_profile fapi2"
+    if client.token_endpoint_auth_method is not AuthMethod.PRIVATE_KEY_JWT:
+        raise InvalidClientMetadata(
+            f"{where}: token_endpoint_auth_method must be private_key_jwt "
+            "(tls_client_auth is not supported)"
+        )
+    if not client.dpop_bound_access_tokens:
+        raise InvalidClientMetadata(f"{where}: dpop_bound_access_tokens must be true")
+    if (
+        GrantType.AUTHORIZATION_CODE in client.grant_types
+        and not client.require_pushed_authorization_requests
+    ):
+        raise InvalidClientMetadata(f"{where}: require_pushed_authorization_requests must be true")
+    for uri in client.redirect_uris:
+        if urlsplit(uri).scheme != "https":
+            raise InvalidRedirectUri(f"{where}: redirect_uris must be https")
+    algs = ", ".join(FAPI2_ALGS)
+    for name, alg in (
+        ("id_token_signed_response_alg", client.id_token_signed_response_alg),
+        ("userinfo_signed_response_alg", client.userinfo_signed_response_alg),
+        ("token_endpoint_auth_signing_alg", client.token_endpoint_auth_signing_alg),
+    ):
+        if alg is not None and alg not in FAPI2_ALGS:
+            raise InvalidClientMetadata(f"{where}: {name} must be one of {algs}")
+    for key in (client.jwks or {}).get("keys", ()):
+        if isinstance(key, Mapping) and key.get("alg") not in (None, *FAPI2_ALGS):
+            raise InvalidClientMetadata(f"{where}: jwks keys must be for {algs}")
+
+
 def validate_client(client: Client) -> Client:
     """Check a registration's consistency; raise :class:`InvalidClientMetadata` naming the field.
 
     RFC 7591 §2 and §2.1 (grant and response types agree; ``jwks`` and ``jwks_uri`` are
     exclusive), RFC 6749 §3.1.2 (absolute redirect URIs without fragment), §2.1 and §4.4 (the
     client credentials grant is for confidential clients only), OpenID Connect Core §8.1 (a
-    sector identifier when redirect URIs span several hosts).
+    sector identifier when redirect URIs span several hosts), and a security profile's rules.
+    Checks nothing over the network: :func:`oidc.sector.verify_sector_identifier` does.
     """
     if not _VSCHARS.fullmatch(client.client_id):
         raise InvalidClientMetadata("client_id: 1 to 255 printable ASCII characters")
@@ -343,6 +424,12 @@ def validate_client(client: Client) -> Client:
         raise InvalidClientMetadata("token_endpoint_auth_method: not supported")
     if len(client.client_name) > 200:
         raise InvalidClientMetadata("client_name: at most 200 characters")
+    if client.security_profile is not None and not isinstance(
+        client.security_profile, SecurityProfile
+    ):
+        raise InvalidClientMetadata("security_profile: not supported")
+    if client.fapi2:  # first: its reasons say more than the general rules' would
+        _check_fapi2(client)
     _check_grants(client)
     _check_uris(client)
     _check_authentication(client)
@@ -367,8 +454,12 @@ def validate_client(client: Client) -> Client:
 
 
 def client_from_metadata(data: Mapping[str, Any], *, source: str = "cli") -> Client:
-    """A validated :class:`Client` from RFC 7591 metadata (a clients file entry, later a
-    registration request). Unknown members are refused: a typo must not pass silently."""
+    """A validated :class:`Client` from RFC 7591 metadata (a clients file entry, a registration
+    request). Unknown members are refused: a typo must not pass silently.
+
+    With ``security_profile = "fapi2"``, members left out take the profile's values
+    (``private_key_jwt``, ``require_pushed_authorization_requests``, ``dpop_bound_access_tokens``,
+    an ES256 ID token); members given must agree with it (:func:`validate_client`)."""
     known = {f.name for f in dataclasses.fields(Client)} - {
         "secret_hash",
         "secret_rotated_at",
@@ -403,6 +494,21 @@ def client_from_metadata(data: Mapping[str, Any], *, source: str = "cli") -> Cli
     client_id = data.get("client_id")
     if not isinstance(client_id, str):
         raise InvalidClientMetadata("client_id: required")
+    profile_name = optional_str("security_profile")
+    try:
+        profile = SecurityProfile(profile_name) if profile_name is not None else None
+    except ValueError:
+        raise InvalidClientMetadata(
+            f"security_profile: one of {', '.join(p.value for p in SecurityProfile)}"
+        ) from None
+    if profile is SecurityProfile.FAPI2:
+        data = {
+            "token_endpoint_auth_method": AuthMethod.PRIVATE_KEY_JWT.value,
+            "require_pushed_authorization_requests": True,
+            "dpop_bound_access_tokens": True,
+            "id_token_signed_response_alg": FAPI2_DEFAULT_ID_TOKEN_ALG,
+            **data,
+        }
     try:
         method = AuthMethod(data.get("token_endpoint_auth_method", "client_secret_basic"))
         grants = frozenset(GrantType(g) for g in strings("grant_types") or ("authorization_code",))
@@ -438,6 +544,7 @@ def client_from_metadata(data: Mapping[str, Any], *, source: str = "cli") -> Cli
         jwks_uri=optional_str("jwks_uri"),
         require_pushed_authorization_requests=flag("require_pushed_authorization_requests"),
         dpop_bound_access_tokens=flag("dpop_bound_access_tokens"),
+        security_profile=profile,
         source=source,
     )
     return validate_client(client)

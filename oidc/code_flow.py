@@ -5,6 +5,10 @@ The token side runs inside :class:`oidc.token_endpoint.TokenEndpoint` (client al
 authenticated). PKCE verification uses Authlib's RFC 7636 S256 transform, compared in constant
 time. A replayed code revokes the grant and every access token issued from it; a reused refresh
 token (past a short grace) does the same.
+
+FAPI 2.0 clients (FAPI 2.0 Security Profile §5.3.2.1): their refresh tokens are bound to the DPoP
+key of the code exchange as well as to the client's authentication (item 4, sender-constrained)
+and are not rotated (item 9); their ID tokens are never RS256 (§5.4.1).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from keys.keyring import Clock, Keyring
 from keys.model import Purpose
 from oidc.access_tokens import AccessToken
 from oidc.authorization import AuthorizationRequest
-from oidc.clients import Client, GrantType, format_scope
-from oidc.errors import InvalidGrant, InvalidRequest, InvalidToken
+from oidc.clients import FAPI2_ALGS, Client, GrantType, format_scope
+from oidc.errors import InvalidGrant, InvalidRequest, InvalidToken, ServerError
 from oidc.grants import CodeReplayed, Grant, GrantStore, RefreshReplayed
 from oidc.id_tokens import issue_id_token
 from oidc.pairwise import pairwise_subject, sector_of
@@ -140,7 +144,11 @@ class CodeFlow:
             raise InvalidRequest("refresh_token is required")
         now = self._clock()
         try:
-            used = await run_in_threadpool(self.grants.use_refresh, token, client.client_id, now)
+            used = await run_in_threadpool(
+                lambda: self.grants.use_refresh(
+                    token, client.client_id, now, rotate=not client.fapi2
+                )
+            )
         except RefreshReplayed as replay:
             await self._revoke_issued(replay.issued, client.client_id)
             raise InvalidGrant("the refresh token was already used; the grant is revoked") from None
@@ -164,6 +172,9 @@ class CodeFlow:
         parent: bytes | None = None,
         jkt: str | None = None,
     ) -> dict[str, Any]:
+        if client.fapi2 and client.id_token_signed_response_alg not in FAPI2_ALGS:
+            # Registration refuses this; a record that bypassed it gets no RS256 token.
+            raise ServerError("the client's registration does not fit its security profile")
         sub = self.subject(client, grant.account_id)
         issued = self.provider.access_tokens.issue(
             client_id=client.client_id,
@@ -180,9 +191,15 @@ class CodeFlow:
             "expires_in": issued.expires_in,
             "scope": format_scope(grant.scope),
         }
-        if "offline_access" in grant.scope and client.check_grant_type(GrantType.REFRESH_TOKEN):
-            # RFC 9449 §5: refresh tokens of public clients are bound to the DPoP key.
-            bind = jkt if client.is_public else None
+        new_refresh = first or not client.fapi2  # FAPI 2.0 clients keep their refresh token
+        if (
+            new_refresh
+            and "offline_access" in grant.scope
+            and client.check_grant_type(GrantType.REFRESH_TOKEN)
+        ):
+            # RFC 9449 §5: refresh tokens of public clients are bound to the DPoP key (those of
+            # FAPI 2.0 clients too, on top of the client's authentication).
+            bind = jkt if client.is_public or client.fapi2 else None
             body["refresh_token"] = await run_in_threadpool(
                 self.grants.issue_refresh, grant.id, self._clock(), parent, bind
             )

@@ -14,7 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +53,11 @@ def access_token_hash(token: str) -> str:
     return _b64(hashlib.sha256(token.encode("ascii")).digest())
 
 
+def _numeric(value: object) -> bool:
+    """A JSON number usable as a NumericDate (not a boolean, NaN or an infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _normalized(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))
@@ -65,8 +71,11 @@ def verify_proof(
     now: float,
     replay: ReplayCheck,
     access_token: str | None = None,
+    algs: Collection[str] = ALGS,
 ) -> str:
-    """Check a DPoP proof for this request; returns the bound key's thumbprint (``jkt``)."""
+    """Check a DPoP proof for this request; returns the bound key's thumbprint (``jkt``).
+
+    ``algs`` narrows the allow-list (FAPI 2.0 clients: PS256 and ES256 only)."""
     try:
         header = jwt.get_unverified_header(proof)
     except jwt.PyJWTError:
@@ -74,7 +83,7 @@ def verify_proof(
     if header.get("typ") != "dpop+jwt":
         raise InvalidDPoPProof("the DPoP proof must have typ dpop+jwt")
     alg, jwk = header.get("alg"), header.get("jwk")
-    if alg not in ALGS:
+    if alg not in ALGS or alg not in algs:
         raise InvalidDPoPProof("the DPoP proof's alg is not allowed")
     if not isinstance(jwk, dict) or _PRIVATE & set(jwk):
         raise InvalidDPoPProof("the DPoP proof must carry a public jwk")
@@ -85,8 +94,14 @@ def verify_proof(
             proof,
             key,
             algorithms=[str(alg)],
-            options={"require": ["jti", "htm", "htu", "iat"], "verify_aud": False},
-            leeway=PROOF_WINDOW_SECONDS,
+            # Time is checked below against the injected clock only (§4.3: the iat window).
+            options={
+                "require": ["jti", "htm", "htu", "iat"],
+                "verify_aud": False,
+                "verify_iat": False,
+                "verify_exp": False,
+                "verify_nbf": False,
+            },
         )
     except jwt.PyJWTError:
         raise InvalidDPoPProof("the DPoP proof's signature or claims are invalid") from None
@@ -95,8 +110,13 @@ def verify_proof(
     if _normalized(str(claims["htu"])) != _normalized(url):
         raise InvalidDPoPProof("htu does not match the request URL")
     iat = claims["iat"]
-    if not isinstance(iat, int | float) or abs(now - iat) > PROOF_WINDOW_SECONDS:
+    if not _numeric(iat) or abs(now - iat) > PROOF_WINDOW_SECONDS:
         raise InvalidDPoPProof("the DPoP proof is too old or from the future")
+    nbf, exp = claims.get("nbf", now), claims.get("exp", now)
+    if not _numeric(nbf) or not _numeric(exp):
+        raise InvalidDPoPProof("the DPoP proof's nbf and exp must be NumericDates")
+    if nbf > now + PROOF_WINDOW_SECONDS or exp <= now - PROOF_WINDOW_SECONDS:
+        raise InvalidDPoPProof("the DPoP proof is not valid now (nbf, exp)")
     if access_token is not None and claims.get("ath") != access_token_hash(access_token):
         raise InvalidDPoPProof("ath does not match the access token")
     replay(jkt, str(claims["jti"]), iat + 2 * PROOF_WINDOW_SECONDS)
@@ -118,7 +138,13 @@ class DPoPVerifier:
             raise InvalidDPoPProof("the DPoP proof was already used") from None
 
     async def check(
-        self, proof: str, *, method: str, url: str, access_token: str | None = None
+        self,
+        proof: str,
+        *,
+        method: str,
+        url: str,
+        access_token: str | None = None,
+        algs: Collection[str] = ALGS,
     ) -> str:
         now = self._clock().timestamp()
         return await run_in_threadpool(
@@ -129,5 +155,6 @@ class DPoPVerifier:
                 now=now,
                 replay=self._replay,
                 access_token=access_token,
+                algs=algs,
             )
         )

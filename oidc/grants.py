@@ -9,6 +9,8 @@ refresh tokens, consents — in the identity database, as hashes wherever a valu
   lives at most 60 s.
 - A *refresh token* is rotated on use; a reused one revokes the grant, except within a short
   grace for a response the client lost (the unused child is revoked and a new one issued).
+  Tokens of FAPI 2.0 clients are not rotated (FAPI 2.0 Security Profile §5.3.2.1 item 9): they
+  are used again until they expire or the grant is revoked, bound to the client's DPoP key.
 - A *consent* is per (account, client): the scopes and claims the citizen agreed to release.
 """
 
@@ -337,13 +339,14 @@ class GrantStore:
         return token
 
     def use_refresh(
-        self, token: str, client_id: str, now: datetime
+        self, token: str, client_id: str, now: datetime, *, rotate: bool = True
     ) -> tuple[Grant, bytes, str | None] | None:
         """Mark a refresh token used; returns (grant, its hash, dpop_jkt) to issue the child.
 
         ``None`` if unknown, expired, revoked or another client's. A token used before raises
         :class:`RefreshReplayed` after revoking the grant, unless it was used within the grace
         and its child is unused: then that child is revoked and the caller issues a new one.
+        With ``rotate=False`` the token is checked but not marked used (it stays valid).
         """
         token_hash = digest(token)
         with self._engine.begin() as conn:
@@ -367,35 +370,44 @@ class GrantStore:
                 return None
             if (_aware(m["expires_at"]) or now) <= now:
                 return None
-            updated = conn.execute(
-                oauth_refresh.update()
-                .where(oauth_refresh.c.token_hash == token_hash, oauth_refresh.c.used_at.is_(None))
-                .values(used_at=now)
-            )
-            first_use = updated.rowcount == 1
-            if not first_use:
-                used_at = _aware(m["used_at"]) or now
-                children_used = conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(oauth_refresh)
-                    .where(
-                        oauth_refresh.c.parent_hash == token_hash,
-                        oauth_refresh.c.used_at.is_not(None),
-                    )
-                ).scalar_one()
-                if now - used_at <= REFRESH_GRACE and children_used == 0:
-                    conn.execute(
-                        oauth_refresh.update()
-                        .where(oauth_refresh.c.parent_hash == token_hash)
-                        .values(revoked_at=now)
-                    )
-                    first_use = True
+            first_use = not rotate or self._mark_used(conn, token_hash, m["used_at"], now)
         if not first_use:
             raise RefreshReplayed(self.revoke_grant(m["grant_id"], now))
         grant = self.grant(m["grant_id"])
         if grant is None:
             return None
         return grant, token_hash, m["dpop_jkt"]
+
+    @staticmethod
+    def _mark_used(
+        conn: sa.Connection, token_hash: bytes, used_at: datetime | None, now: datetime
+    ) -> bool:
+        """Mark a refresh token used; False if it was used before, past the grace or with its
+        child used (a replay). Within the grace, the unused child is revoked and True returned
+        so the caller issues another (the client lost the response that carried the child)."""
+        updated = conn.execute(
+            oauth_refresh.update()
+            .where(oauth_refresh.c.token_hash == token_hash, oauth_refresh.c.used_at.is_(None))
+            .values(used_at=now)
+        )
+        if updated.rowcount == 1:
+            return True
+        children_used = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(oauth_refresh)
+            .where(
+                oauth_refresh.c.parent_hash == token_hash,
+                oauth_refresh.c.used_at.is_not(None),
+            )
+        ).scalar_one()
+        if now - (_aware(used_at) or now) <= REFRESH_GRACE and children_used == 0:
+            conn.execute(
+                oauth_refresh.update()
+                .where(oauth_refresh.c.parent_hash == token_hash)
+                .values(revoked_at=now)
+            )
+            return True
+        return False
 
     # -- consent -------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from oidc.clients import ClientDirectory
 from oidc.discovery import ProviderFeatures, provider_metadata
 from oidc.dpop import DPoPVerifier
 from oidc.errors import TemporarilyUnavailable
+from oidc.sector import SectorFetch, SectorFetcher
 from oidc.tables import (
     AsyncPgReplayCache,
     ReplayStoreError,
@@ -76,6 +77,8 @@ class OpenIDProvider:
     authlib: AuthlibServer
     clock: Clock
     async_replay: AsyncPgReplayCache | None = None
+    #: fetches ``sector_identifier_uri`` documents when a client registers (blocking)
+    sector_fetch: SectorFetch = field(default_factory=SectorFetcher)
     _discovery: tuple[ProviderFeatures, bytes] | None = field(default=None, repr=False)
 
     async def aclose(self) -> None:
@@ -111,9 +114,11 @@ def build_provider(
     jwks_fetch: JwksFetch = fetch_jwks,
     features: ProviderFeatures | None = None,
     db_threads: int = 10,
+    sector_fetch: SectorFetch | None = None,
 ) -> OpenIDProvider:
     """The provider on ``engine`` (the identity database); ``db_threads`` bounds the threads
-    doing blocking database work at once (keep it within the engine's pool)."""
+    doing blocking database work at once (keep it within the engine's pool); ``sector_fetch``
+    defaults to a :class:`oidc.sector.SectorFetcher` with the default trust store."""
     features = features or ProviderFeatures(issuer=issuer)
     offload = Offload(db_threads)
     registry = SqlClientRegistry(engine, clock)
@@ -158,4 +163,5 @@ def build_provider(
         authlib=authlib,
         clock=clock,
         async_replay=async_replay,
+        sector_fetch=sector_fetch or SectorFetcher(),
     )

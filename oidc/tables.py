@@ -33,6 +33,7 @@ from oidc.clients import (
     ClientExists,
     ClientNotFound,
     GrantType,
+    SecurityProfile,
     format_scope,
     parse_scope,
 )
@@ -100,6 +101,7 @@ def _registration(client: Client) -> dict[str, Any]:
         "jwks_uri": client.jwks_uri,
         "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
         "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
+        "security_profile": client.security_profile.value if client.security_profile else None,
     }
 
 
@@ -127,6 +129,9 @@ def _client(row: sa.Row[Any]) -> Client:
             reg.get("require_pushed_authorization_requests", False)
         ),
         dpop_bound_access_tokens=bool(reg.get("dpop_bound_access_tokens", False)),
+        security_profile=(
+            SecurityProfile(reg["security_profile"]) if reg.get("security_profile") else None
+        ),
         secret_hash=None if m["secret_hash"] is None else bytes(m["secret_hash"]),
         secret_rotated_at=_aware(m["secret_rotated_at"]),
         source=m["source"],

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 from oidc.access_tokens import AccessTokenIssuer
 from oidc.client_auth import ClientAuthenticator, read_client_credentials
 from oidc.clients import Client, GrantType, format_scope, parse_scope
+from oidc.dpop import ALGS as DPOP_ALGS
 from oidc.dpop import DPoPVerifier
 from oidc.errors import (
     InvalidDPoPProof,
@@ -169,8 +170,12 @@ class TokenEndpoint:
             raise UnauthorizedClient(f"the client is not registered for {grant_type}")
         jkt = None
         if request.dpop is not None and self.dpop is not None:
-            jkt = await self.dpop.check(request.dpop, method="POST", url=self.url)
-        if jkt is None and client.dpop_bound_access_tokens:
+            jkt = await self.dpop.check(
+                request.dpop, method="POST", url=self.url, algs=client.allowed_algs(DPOP_ALGS)
+            )
+        if jkt is None and client.requires_dpop:
+            # RFC 9449 §5.2 (dpop_bound_access_tokens) and FAPI 2.0 Security Profile §5.3.2.1
+            # item 4; RFC 9449 names no code for a missing proof: the one for a bad proof (§5).
             raise InvalidDPoPProof("this client's tokens are DPoP-bound: send a DPoP proof")
         return await handler(request.params, client, jkt)
 

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,7 @@ from oidc.secrets import hash_client_secret
 from oidc.tables import SqlClientRegistry, oauth_client
 from tests.conftest import make_settings, serve
 from tests.oidc.conftest import es256_key
+from tests.oidc.tls import HttpsServer, Route, TestCA, https_server
 
 NICECARD = str(Path(sys.executable).parent / "nicecard")
 
@@ -311,3 +312,143 @@ def test_a_bad_clients_file_stops_the_start(
 
     with pytest.raises(ConfigurationError, match="client 'x'"):
         asyncio.run(start())
+
+
+# -- sector identifiers and the FAPI 2.0 profile -----------------------------------------------
+
+A_CB, B_CB = "https://a.example/cb", "https://b.example/cb"
+
+
+@pytest.fixture
+def sector_server(tmp_path: Path) -> Iterator[tuple[HttpsServer, Path]]:
+    """An HTTPS server with sector identifier documents, and its CA certificate file."""
+    ca = TestCA.create()
+    (tmp_path / "tls").mkdir()
+    routes = {
+        "/sector.json": Route(json.dumps([A_CB, B_CB]).encode()),
+        "/only-a.json": Route(json.dumps([A_CB]).encode()),
+    }
+    with https_server(ca, tmp_path / "tls", routes) as server:
+        yield server, ca.write(tmp_path / "tls" / "ca.pem")
+
+
+def test_add_checks_the_sector_identifier(
+    cli: Callable[..., object],
+    sector_server: tuple[HttpsServer, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, ca_file = sector_server
+    web = ("clients", "add", "web", "--redirect-uri", A_CB, "--redirect-uri", B_CB)
+    several = cli(*web, ok=False)
+    assert several.exit_code == 1  # type: ignore[attr-defined]
+    assert "required when redirect URIs span several hosts" in several.stderr  # type: ignore[attr-defined]
+    untrusted = cli(*web, "--sector-identifier-uri", server.url("/sector.json"), ok=False)
+    assert "cannot be fetched" in untrusted.stderr  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("NICECARD_SECTOR_IDENTIFIER_CA_FILE", str(ca_file))
+    missing = cli(*web, "--sector-identifier-uri", server.url("/only-a.json"), ok=False)
+    assert missing.exit_code == 1  # type: ignore[attr-defined]
+    assert (
+        "sector_identifier_uri: the document does not list the redirect URI https://b.example/cb"
+        in missing.stderr  # type: ignore[attr-defined]
+    )
+    plain = server.url("/sector.json").replace("https:", "http:")
+    assert "must be https" in cli(*web, "--sector-identifier-uri", plain, ok=False).stderr  # type: ignore[attr-defined]
+    cli(*web, "--sector-identifier-uri", server.url("/sector.json"))
+    shown = json.loads(cli("clients", "show", "web").stdout)  # type: ignore[attr-defined]
+    assert shown["sector_identifier_uri"] == server.url("/sector.json")
+
+    monkeypatch.setenv("NICECARD_SECTOR_IDENTIFIER_CA_FILE", str(ca_file.parent / "absent.pem"))
+    other = ("clients", "add", "other", "--redirect-uri", A_CB)
+    bad_ca = cli(*other, "--sector-identifier-uri", server.url("/sector.json"), ok=False)
+    assert "NICECARD_SECTOR_IDENTIFIER_CA_FILE: cannot load" in bad_ca.stderr  # type: ignore[attr-defined]
+
+
+def test_add_a_fapi2_client(cli: Callable[..., object], tmp_path: Path) -> None:
+    jwk_file = tmp_path / "bank.jwk.json"
+    jwk_file.write_text(json.dumps(es256_key().public_jwk()))
+    bank = (
+        "clients",
+        "add",
+        "bank",
+        "--security-profile",
+        "fapi2",
+        "--jwks-file",
+        str(jwk_file),
+        "--redirect-uri",
+        "https://bank.example/cb",
+        "--scope",
+        "openid offline_access",
+        "--grant-type",
+        "authorization_code",
+        "--grant-type",
+        "refresh_token",
+    )
+    for extra, reason in (
+        (("--auth-method", "client_secret_basic"), "token_endpoint_auth_method must be"),
+        (("--id-token-alg", "RS256"), "id_token_signed_response_alg must be one of PS256, ES256"),
+        (("--signing-alg", "RS256"), "token_endpoint_auth_signing_alg must be one of"),
+    ):
+        refused = cli(*bank, *extra, ok=False)
+        assert refused.exit_code == 1  # type: ignore[attr-defined]
+        assert f"security_profile fapi2: {reason}" in refused.stderr  # type: ignore[attr-defined]
+    added = cli(*bank)
+    assert "client_secret" not in added.stdout  # type: ignore[attr-defined]
+    shown = json.loads(cli("clients", "show", "bank").stdout)  # type: ignore[attr-defined]
+    assert shown["security_profile"] == "fapi2"
+    assert shown["token_endpoint_auth_method"] == "private_key_jwt"
+    assert shown["require_pushed_authorization_requests"] is True
+    assert shown["dpop_bound_access_tokens"] is True
+    assert shown["id_token_signed_response_alg"] == "ES256"
+    unknown = cli("clients", "add", "x", "--security-profile", "fapi1", ok=False)
+    assert unknown.exit_code == 2  # type: ignore[attr-defined]
+
+
+def _sector_file(path: Path, sector: str) -> None:
+    path.write_text(
+        f"""
+[[clients]]
+client_id = "city"
+grant_types = ["authorization_code"]
+redirect_uris = ["{A_CB}", "{B_CB}"]
+scope = "openid"
+sector_identifier_uri = "{sector}"
+"""
+    )
+
+
+def test_clients_file_sector_identifiers(
+    settings_factory: Callable[..., Settings],
+    sector_server: tuple[HttpsServer, Path],
+    tmp_path: Path,
+) -> None:
+    server, ca_file = sector_server
+    clients_file = tmp_path / "clients.toml"
+    _sector_file(clients_file, server.url("/sector.json"))
+    settings = settings_factory(clients_file=clients_file, sector_identifier_ca_file=ca_file)
+
+    async def start(settings: Settings) -> None:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            pass
+
+    asyncio.run(start(settings))
+    engine = create_engine(settings.identity_url, settings)
+    try:
+        city = SqlClientRegistry(engine, utc_now).get("city")
+    finally:
+        engine.dispose()
+    assert city is not None
+    assert city.sector_identifier_uri == server.url("/sector.json")
+    assert server.hits == ["/sector.json"]
+    asyncio.run(start(settings))  # unchanged entry: not fetched again
+    assert server.hits == ["/sector.json"]
+
+    _sector_file(clients_file, server.url("/only-a.json"))
+    with pytest.raises(ConfigurationError, match="client 'city'") as info:
+        asyncio.run(start(settings))
+    assert "does not list the redirect URI https://b.example/cb" in str(info.value)
+    _sector_file(clients_file, server.url("/sector.json?v=2"))
+    with pytest.raises(ConfigurationError, match="cannot be fetched"):
+        asyncio.run(start(settings_factory(clients_file=clients_file)))  # default trust store
+    assert server.hits == ["/sector.json", "/only-a.json"]  # the TLS handshake failed

@@ -80,8 +80,12 @@ def test_access_token_binding() -> None:
         {"iat": int(time.time()) - 3600},
         {"header": {"typ": "JWT"}},
         {"header": {"jwk": {**JWK, "d": "private"}}},
+        {"iat": float("nan")},
+        {"iat": True},
+        {"nbf": int(time.time()) + 3600},
+        {"exp": int(time.time()) - 3600},
     ],
-    ids=["method", "url", "old", "typ", "private-jwk"],
+    ids=["method", "url", "old", "typ", "private-jwk", "nan-iat", "bool-iat", "nbf", "exp"],
 )
 def test_refusals(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidDPoPProof):
