@@ -22,6 +22,7 @@ from rich.table import Table
 from identity import migrate
 from identity.cli_catalogue import catalogue_app
 from identity.cli_clients import clients_app
+from identity.cli_coins import statements_command
 from identity.cli_ledger import ledger_app
 from identity.db import create_engine
 from identity.errors import IdentityError
@@ -41,6 +42,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(clients_app, name="clients")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(catalogue_app, name="catalogue")
+app.command("statements")(statements_command)
 
 err = Console(stderr=True)
 out = Console()

@@ -52,6 +52,7 @@ __all__ = [
     "WalletClient",
     "WalletError",
     "choose_values",
+    "fetch_denominations",
     "finish_withdrawal",
     "pay",
     "prepare_withdrawal",
@@ -227,12 +228,14 @@ class CoinPurse:
             json.dump({"coins": [c.to_json() for c in coins]}, fh, indent=1)
         os.replace(tmp, self.path)
 
-    def take(self, amount: int) -> list[OwnedCoin]:
-        """Coins adding up to exactly ``amount`` (largest first); raises WalletError."""
+    def take(self, amount: int, *, now: int | None = None) -> list[OwnedCoin]:
+        """Coins adding up to exactly ``amount`` (largest first), skipping coins whose
+        denomination no longer accepts deposits; raises WalletError."""
+        t = int(time.time()) if now is None else now
         chosen: list[OwnedCoin] = []
         remaining = amount
         for coin in sorted(self.load(), key=lambda c: -c.value):
-            if coin.value <= remaining:
+            if coin.value <= remaining and t < coin.deposit_until:
                 chosen.append(coin)
                 remaining -= coin.value
         if remaining:
@@ -257,30 +260,7 @@ class WalletClient:
 
     def denominations(self) -> list[Denomination]:
         """The published denominations, each checked to be announced in the log."""
-        answer = self._json(self.http.get("/v1/denominations"))
-        try:
-            items = [Denomination.from_json(raw) for raw in answer["denominations"]]
-            open_denominations(answer["signed"], items, [self.ledger_key], self.origin)
-        except (KeyError, TypeError) as exc:
-            raise WalletError(f"malformed denominations answer: {exc}") from None
-        for item in items:
-            item.check_entry()
-            self._check_logged(item)
-        return items
-
-    def _check_logged(self, item: Denomination) -> None:
-        proof = self._json(
-            self.http.get("/ledger/proof/inclusion", params={"index": item.entry_index})
-        )
-        try:
-            checkpoint = open_checkpoint(
-                proof["checkpoint"].encode(), [self.ledger_key], origin=self.origin
-            )
-            hashes = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
-            root = checkpoint.root_hash
-            verify_inclusion(leaf_hash(item.entry), item.entry_index, checkpoint.size, hashes, root)
-        except (KeyError, TypeError, ValueError, LedgerError) as exc:
-            raise WalletError(f"denomination key is not in the log: {exc}") from None
+        return fetch_denominations(self.http, origin=self.origin, ledger_key=self.ledger_key)
 
     def withdraw(
         self, amount: int, *, denominations: Sequence[Denomination] | None = None
@@ -303,17 +283,54 @@ class WalletClient:
             response = self.http.post("/v1/wallet/withdrawals", json=body, headers=headers)
         except httpx.TransportError:
             response = self.http.post("/v1/wallet/withdrawals", json=body, headers=headers)
-        answer = self._json(response)
-        signatures = [b64decode(s, "blind signature") for s in answer["blind_signatures"]]
+        answer = _json(response)
+        try:
+            signatures = [b64decode(s, "blind signature") for s in answer["blind_signatures"]]
+        except (KeyError, TypeError):
+            raise WalletError("malformed withdrawal answer") from None
         return finish_withdrawal(pending, signatures)
 
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-                detail = problem.get("detail") or problem.get("title")
-            except ValueError:
-                detail = response.reason_phrase
-            raise WalletError(f"HTTP {response.status_code}: {detail}")
+
+def fetch_denominations(
+    http: httpx.Client, *, origin: str, ledger_key: NoteVerifier
+) -> list[Denomination]:
+    """The published denominations: their list signed by ``ledger_key``, and each one's
+    announcement entry matching it and included in the log (a proof against a checkpoint
+    signed by the same key). Raises WalletError or CoinError."""
+    answer = _json(http.get("/v1/denominations"))
+    try:
+        items = [Denomination.from_json(raw) for raw in answer["denominations"]]
+        open_denominations(answer["signed"], items, [ledger_key], origin)
+    except (KeyError, TypeError) as exc:
+        raise WalletError(f"malformed denominations answer: {exc}") from None
+    for item in items:
+        item.check_entry()
+        _check_logged(http, item, origin, ledger_key)
+    return items
+
+
+def _check_logged(
+    http: httpx.Client, item: Denomination, origin: str, ledger_key: NoteVerifier
+) -> None:
+    proof = _json(http.get("/ledger/proof/inclusion", params={"index": item.entry_index}))
+    try:
+        checkpoint = open_checkpoint(proof["checkpoint"].encode(), [ledger_key], origin=origin)
+        hashes = [base64.b64decode(h, validate=True) for h in proof["hashes"]]
+        root = checkpoint.root_hash
+        verify_inclusion(leaf_hash(item.entry), item.entry_index, checkpoint.size, hashes, root)
+    except (KeyError, TypeError, ValueError, LedgerError) as exc:
+        raise WalletError(f"denomination key is not in the log: {exc}") from None
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            detail = problem.get("detail") or problem.get("title")
+        except (ValueError, AttributeError):
+            detail = response.reason_phrase
+        raise WalletError(f"HTTP {response.status_code}: {detail}")
+    try:
         return response.json()
+    except ValueError:
+        raise WalletError(f"HTTP {response.status_code}: the answer is not JSON") from None
