@@ -49,6 +49,7 @@ __all__ = [
     "OwnedCoin",
     "PaymentRequest",
     "PendingCoin",
+    "PendingWithdrawal",
     "WalletClient",
     "WalletError",
     "choose_values",
@@ -77,6 +78,54 @@ class PendingCoin:
         return (
             Ed25519PrivateKey.from_private_bytes(self.private_key).public_key().public_bytes_raw()
         )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "denomination": self.denomination.to_json(),
+            "private_key": b64encode(self.private_key),
+            "randomizer": b64encode(self.randomizer),
+            "blinded_message": b64encode(self.blinding.blinded_msg),
+            "inv": format(self.blinding.inv, "x"),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PendingCoin:
+        return cls(
+            Denomination.from_json(raw["denomination"]),
+            b64decode(raw["private_key"], "private_key", 32),
+            b64decode(raw["randomizer"], "randomizer", 32),
+            BlindingResult(
+                b64decode(raw["blinded_message"], "blinded_message"), int(raw["inv"], 16)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class PendingWithdrawal:
+    """A withdrawal sent but not yet answered: kept in the coin file until it is, so a lost
+    answer is recovered by sending the same request again (the mint answers it once)."""
+
+    request_id: str
+    coins: tuple[PendingCoin, ...]
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "coins": [
+                {
+                    "denomination": p.denomination.id.hex(),
+                    "blinded_message": b64encode(p.blinding.blinded_msg),
+                }
+                for p in self.coins
+            ],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "coins": [c.to_json() for c in self.coins]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PendingWithdrawal:
+        return cls(str(raw["request_id"]), tuple(PendingCoin.from_json(c) for c in raw["coins"]))
 
 
 @dataclass(frozen=True)
@@ -212,39 +261,60 @@ class CoinPurse:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> list[OwnedCoin]:
+    def _read(self) -> tuple[list[OwnedCoin], PendingWithdrawal | None]:
         if not self.path.exists():
-            return []
+            return [], None
         try:
             raw = json.loads(self.path.read_text("utf-8"))
-            return [OwnedCoin.from_json(item) for item in raw["coins"]]
-        except (ValueError, KeyError, TypeError, CoinError) as exc:
+            coins = [OwnedCoin.from_json(item) for item in raw["coins"]]
+            pending = raw.get("pending")
+            return coins, None if pending is None else PendingWithdrawal.from_json(pending)
+        except (ValueError, KeyError, TypeError, AttributeError, CoinError, BlindRSAError) as exc:
             raise WalletError(f"{self.path} is not a coin file: {exc}") from None
 
-    def save(self, coins: Sequence[OwnedCoin]) -> None:
+    def load(self) -> list[OwnedCoin]:
+        """The coins held."""
+        return self._read()[0]
+
+    def pending(self) -> PendingWithdrawal | None:
+        """The withdrawal sent but not answered yet, if any."""
+        return self._read()[1]
+
+    def save(self, coins: Sequence[OwnedCoin], *, pending: PendingWithdrawal | None = None) -> None:
+        """Write the coins (and a pending withdrawal) atomically, readable by the owner only."""
+        document: dict[str, Any] = {"coins": [c.to_json() for c in coins]}
+        if pending is not None:
+            document["pending"] = pending.to_json()
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"coins": [c.to_json() for c in coins]}, fh, indent=1)
+            json.dump(document, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.path)
 
     def take(self, amount: int, *, now: int | None = None) -> list[OwnedCoin]:
-        """Coins adding up to exactly ``amount`` (largest first), skipping coins whose
-        denomination no longer accepts deposits; raises WalletError."""
+        """Fewest coins adding up to exactly ``amount``, skipping coins whose denomination no
+        longer accepts deposits; raises WalletError if no combination does."""
         t = int(time.time()) if now is None else now
-        chosen: list[OwnedCoin] = []
-        remaining = amount
-        for coin in sorted(self.load(), key=lambda c: -c.value):
-            if coin.value <= remaining and t < coin.deposit_until:
-                chosen.append(coin)
-                remaining -= coin.value
-        if remaining:
+        usable = sorted((c for c in self.load() if t < c.deposit_until), key=lambda c: -c.value)
+        # best[total] = the fewest coins (as indexes into usable) adding up to total
+        best: dict[int, list[int]] = {0: []}
+        for i, coin in enumerate(usable):
+            for total, chosen in sorted(best.items(), reverse=True):
+                reached = total + coin.value
+                if reached <= amount and (
+                    reached not in best or len(best[reached]) > len(chosen) + 1
+                ):
+                    best[reached] = [*chosen, i]
+        if amount not in best:
             raise WalletError(f"the purse cannot pay exactly {amount} points")
-        return chosen
+        return [usable[i] for i in best[amount]]
 
     def remove(self, spent: Iterable[OwnedCoin]) -> None:
         gone = {c.coin.coin for c in spent}
-        self.save([c for c in self.load() if c.coin.coin not in gone])
+        coins, pending = self._read()
+        self.save([c for c in coins if c.coin.coin not in gone], pending=pending)
 
 
 class WalletClient:
@@ -263,32 +333,54 @@ class WalletClient:
         return fetch_denominations(self.http, origin=self.origin, ledger_key=self.ledger_key)
 
     def withdraw(
-        self, amount: int, *, denominations: Sequence[Denomination] | None = None
+        self,
+        amount: int,
+        *,
+        denominations: Sequence[Denomination] | None = None,
+        purse: CoinPurse | None = None,
     ) -> list[OwnedCoin]:
-        """Withdraw ``amount`` points as coins; a lost answer is retried with the same id."""
+        """Withdraw ``amount`` points as coins. With a ``purse``, the pending withdrawal is
+        written to it before the request is sent and the coins after the answer, so a lost
+        answer is recovered by :meth:`resume` (the mint answers the same request id once)."""
+        if purse is not None and purse.pending() is not None:
+            raise WalletError("a withdrawal is still pending: resume it first")
         items = self.denominations() if denominations is None else denominations
-        pending = prepare_withdrawal(items, amount)
-        body = {
-            "request_id": secrets.token_urlsafe(24),
-            "coins": [
-                {
-                    "denomination": p.denomination.id.hex(),
-                    "blinded_message": b64encode(p.blinding.blinded_msg),
-                }
-                for p in pending
-            ],
-        }
+        pending = PendingWithdrawal(
+            secrets.token_urlsafe(24), tuple(prepare_withdrawal(items, amount))
+        )
+        if purse is not None:
+            purse.save(purse.load(), pending=pending)
+        return self._send(pending, purse)
+
+    def resume(self, purse: CoinPurse) -> list[OwnedCoin]:
+        """Send the purse's pending withdrawal again and keep its coins (none if nothing is
+        pending)."""
+        pending = purse.pending()
+        return [] if pending is None else self._send(pending, purse)
+
+    def _send(self, pending: PendingWithdrawal, purse: CoinPurse | None) -> list[OwnedCoin]:
         headers = {"Authorization": f"Bearer {self.access_token}"}
+        body = pending.body()
         try:
             response = self.http.post("/v1/wallet/withdrawals", json=body, headers=headers)
         except httpx.TransportError:
             response = self.http.post("/v1/wallet/withdrawals", json=body, headers=headers)
-        answer = _json(response)
+        try:
+            answer = _json(response)
+        except WalletError as exc:
+            if purse is not None and response.status_code in (400, 409, 422):
+                # Refused (the mint answers a replay before judging): nothing was debited.
+                # Anything else (401, 5xx) may follow a debit whose answer was lost: keep it.
+                purse.save(purse.load())
+            raise exc from None
         try:
             signatures = [b64decode(s, "blind signature") for s in answer["blind_signatures"]]
         except (KeyError, TypeError):
             raise WalletError("malformed withdrawal answer") from None
-        return finish_withdrawal(pending, signatures)
+        coins = finish_withdrawal(pending.coins, signatures)
+        if purse is not None:
+            purse.save(purse.load() + coins)
+        return coins
 
 
 def fetch_denominations(

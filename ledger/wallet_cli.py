@@ -4,6 +4,7 @@ Commands::
 
     nicecard-wallet denominations --url URL --key KEY [--json]
     nicecard-wallet withdraw AMOUNT --url URL --key KEY [--coins FILE] [--token TOKEN]
+    nicecard-wallet resume --url URL --key KEY [--coins FILE] [--token TOKEN]
     nicecard-wallet balance [--coins FILE] [--json]
     nicecard-wallet pay --partner ID --order REF --amount N [--coins FILE] [--out FILE]
 
@@ -13,8 +14,11 @@ and each key's announcement is in the log. Coins are kept in ``FILE`` (``wallet-
 default, created ``0600``: it holds the coins' private keys). ``withdraw`` needs the citizen's
 access token (scope ``points:redeem``), best given in ``NICECARD_WALLET_TOKEN`` rather than on
 the command line; ``NICECARD_WALLET_URL``, ``NICECARD_WALLET_KEY`` and ``NICECARD_WALLET_COINS``
-stand for the other options. ``pay`` works offline: it writes the deposit body for the partner
-(to ``--out`` or standard output) and only then removes the coins from the file.
+stand for the other options. ``withdraw`` writes the pending request (with the blinding
+secrets) to the coin file before sending it; if the answer is lost, ``resume`` sends the same
+request again and the mint answers it without a second debit. ``pay`` works offline: it
+writes the deposit body for the partner (to ``--out`` or standard output) and only then
+removes the coins from the file.
 
 Exit codes: 0 done; 1 refused or failed (the service said no, the network, a file); 2 a usage
 error. Errors are printed as one line, without a stack trace.
@@ -189,15 +193,38 @@ def withdraw_command(
             wallet = WalletClient(
                 http, origin=verifier.name, ledger_key=verifier, access_token=token
             )
-            new = wallet.withdraw(amount)
-        held = purse.load() + new
-        purse.save(held)
+            new = wallet.withdraw(amount, purse=purse)
+        held = purse.load()
     values = " + ".join(str(c.value) for c in sorted(new, key=lambda c: -c.value))
     out.print(
         f"withdrew {_total(new)} points as {len(new)} coins ({values}); "
         f"{escape(str(coins))} holds {_total(held)} points",
         highlight=False,
     )
+
+
+@app.command("resume")
+def resume_command(
+    url: UrlOption,
+    key: KeyOption,
+    coins: CoinsOption = DEFAULT_COINS,
+    token: TokenOption = None,
+) -> None:
+    """Send a withdrawal whose answer was lost again and keep its coins (debited once)."""
+    verifier = _verifier(key)
+    if not token:
+        raise typer.BadParameter("set NICECARD_WALLET_TOKEN or pass --token", param_hint="--token")
+    purse = CoinPurse(coins)
+    with _failures():
+        if purse.pending() is None:
+            out.print("no withdrawal is pending")
+            return
+        with _http(url) as http:
+            wallet = WalletClient(
+                http, origin=verifier.name, ledger_key=verifier, access_token=token
+            )
+            new = wallet.resume(purse)
+    out.print(f"recovered {_total(new)} points as {len(new)} coins", highlight=False)
 
 
 @app.command("balance")

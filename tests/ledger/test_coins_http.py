@@ -23,7 +23,7 @@ from keys.note import NoteVerifier, parse_verifier_key
 from ledger.checkpoints import issue_checkpoint, verifier_keys
 from ledger.coins import VARIANT, Coin, b64encode, open_receipt, open_statement, permission_message
 from ledger.export import export
-from ledger.wallet import OwnedCoin, PaymentRequest, WalletClient, WalletError, pay
+from ledger.wallet import CoinPurse, OwnedCoin, PaymentRequest, WalletClient, WalletError, pay
 from oidc.clients import AuthMethod, GrantType
 from tests.ledger.test_api import act, client_token, problem_type
 from tests.oidc.browser import Citizen
@@ -335,7 +335,6 @@ def test_withdrawal_refusals(town: Town) -> None:
 
 
 def test_coins_file_round_trip(tmp_path: Path) -> None:
-    from ledger.wallet import CoinPurse
 
     coin = OwnedCoin(
         Coin(b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 256), 5, b"\x05" * 32, 9
@@ -344,3 +343,62 @@ def test_coins_file_round_trip(tmp_path: Path) -> None:
     purse.save([coin, coin])
     assert purse.load() == [coin, coin]
     assert (tmp_path / "coins.json").stat().st_mode & 0o777 == 0o600
+
+
+class LoseAnswers(httpx.BaseTransport):
+    """Delivers withdrawal requests but loses the first ``lost`` answers (a network cut)."""
+
+    def __init__(self, lost: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.lost = lost
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.url.path == "/v1/wallet/withdrawals" and self.lost:
+            self.lost -= 1
+            response.read()
+            raise httpx.ReadError("connection reset", request=request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_lost_withdrawal_answers_are_recovered_without_a_second_debit(
+    town: Town, tmp_path: Path
+) -> None:
+    town.earn(2)  # 40 points
+    purse = CoinPurse(tmp_path / "coins.json")
+    with httpx.Client(base_url=town.url, transport=LoseAnswers(2)) as http:
+        wallet = WalletClient(
+            http, origin=town.origin, ledger_key=town.verifier(), access_token=town.citizen_token
+        )
+        with pytest.raises(httpx.ReadError):
+            wallet.withdraw(27, purse=purse)
+        assert town.balance() == 13  # debited once, answers lost
+        assert purse.pending() is not None
+        with pytest.raises(WalletError, match="pending"):
+            wallet.withdraw(1, purse=purse)
+        coins = wallet.resume(purse)
+    assert sum(c.value for c in coins) == 27
+    assert purse.pending() is None
+    assert sorted(c.value for c in purse.load()) == [2, 5, 20]
+    assert town.balance() == 13
+    assert wallet.resume(purse) == []
+
+
+def test_purse_finds_an_exact_combination(tmp_path: Path) -> None:
+    def coin(value: int, n: int) -> OwnedCoin:
+        return OwnedCoin(
+            Coin(b"\x01" * 32, bytes([n]) * 32, b"\x03" * 32, b"\x04" * 256),
+            value,
+            b"\x05" * 32,
+            2**40,
+        )
+
+    purse = CoinPurse(tmp_path / "coins.json")
+    purse.save([coin(5, 1), coin(2, 2), coin(2, 3), coin(2, 4)])
+    assert sorted(c.value for c in purse.take(6)) == [2, 2, 2]
+    assert sorted(c.value for c in purse.take(9)) == [2, 2, 5]
+    with pytest.raises(WalletError):
+        purse.take(8)
