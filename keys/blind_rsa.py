@@ -34,6 +34,14 @@ back to it (a faulty s is never released). On the client, r and inv link a signa
 request, so ``r^e`` uses ``powmod_sec``, products are reduced with ``powmod_sec(x, 1, n)``, the
 inverse is computed on ``r * t`` for a second random t (``gmpy2.invert`` is not constant time),
 and the coprimality check runs on the blinded message, which is public anyway.
+
+:func:`blind_sign` does not also blind m with ``r^e`` as OpenSSL's RSA does. Against remote
+timing and cache observers, which is the threat here, ``powmod_sec`` already gives what
+blinding gives: the work done and the memory touched do not depend on the values of m, the
+primes or the exponents. Blinding would still help against power, EM or frequency-scaling
+channels (an attacker-chosen m shaping intermediate values), but with gmpy2 each of its four
+multiplications modulo n would be a ``powmod_sec`` of its own: a third to a half again the
+cost of a signature (``bench/README.md``).
 """
 
 from __future__ import annotations
@@ -273,7 +281,7 @@ def blind(
     n, k = pk._n, pk.modulus_len
     salt = _draw(rng, variant.salt_len) if variant.salt_len else b""
     encoded_msg = _pss.emsa_pss_encode(prepared_msg, pk.n.bit_length() - 1, salt)
-    m = gmpy2.mpz(int.from_bytes(encoded_msg, "big"))
+    m = gmpy2.mpz.from_bytes(encoded_msg, "big")
     r = _random_below(rng, pk.n)
     t = _random_below(rng, pk.n)
     try:
@@ -285,7 +293,7 @@ def blind(
     # is_coprime(m, n) check of steps 4 and 5 without running a gcd on m itself.
     if gmpy2.gcd(z, n) != 1:
         raise InvalidInput("invalid input: the encoded message is not coprime with n")
-    return BlindingResult(blinded_msg=int(z).to_bytes(k, "big"), inv=int(inv))
+    return BlindingResult(blinded_msg=z.to_bytes(k, "big"), inv=int(inv))
 
 
 def blind_sign(sk: BlindPrivateKey, blinded_msg: bytes) -> bytes:
@@ -299,13 +307,14 @@ def blind_sign(sk: BlindPrivateKey, blinded_msg: bytes) -> bytes:
     if len(blinded_msg) != k:
         raise InvalidInput(f"unexpected input size: the blinded message must be {k} bytes")
     crt = sk._crt
-    m = gmpy2.mpz(int.from_bytes(blinded_msg, "big"))
+    m = gmpy2.mpz.from_bytes(blinded_msg, "big")
     if m >= crt.n:
         raise InvalidInput("message representative out of range")
     s = _rsasp1_crt(crt, m)
     if gmpy2.powmod(s, crt.e, crt.n) != m:
         raise SigningFailure("signing failure: the signature failed the fault check")
-    return int(s).to_bytes(k, "big")
+    blind_sig: bytes = s.to_bytes(k, "big")
+    return blind_sig
 
 
 def finalize(
@@ -323,12 +332,12 @@ def finalize(
     k, n = pk.modulus_len, pk._n
     if len(blind_sig) != k:
         raise InvalidInput(f"unexpected input size: the blind signature must be {k} bytes")
-    z = gmpy2.mpz(int.from_bytes(blind_sig, "big"))
+    z = gmpy2.mpz.from_bytes(blind_sig, "big")
     if z >= n:
         raise InvalidInput("the blind signature is not below n")
     if not 0 < inv < pk.n:
         raise InvalidInput("the blinding inverse is not in [1, n)")
-    sig = int(_mulmod(z, inv, n)).to_bytes(k, "big")
+    sig: bytes = _mulmod(z, inv, n).to_bytes(k, "big")
     verify(variant, pk, prepared_msg, sig)
     return sig
 
@@ -341,14 +350,14 @@ def verify(variant: Variant, pk: BlindPublicKey, prepared_msg: bytes, sig: bytes
     """
     if len(sig) != pk.modulus_len:
         raise VerificationError(_INVALID_SIGNATURE)
-    s = gmpy2.mpz(int.from_bytes(sig, "big"))
+    s = gmpy2.mpz.from_bytes(sig, "big")
     if s >= pk._n:
         raise VerificationError(_INVALID_SIGNATURE)
     em_bits = pk.n.bit_length() - 1
     m = gmpy2.powmod(s, pk._e, pk._n)  # RSAVP1; public values only
     if m.bit_length() > em_bits:
         raise VerificationError(_INVALID_SIGNATURE)
-    em = int(m).to_bytes((em_bits + 7) // 8, "big")
+    em = m.to_bytes((em_bits + 7) // 8, "big")
     if not _pss.emsa_pss_verify(prepared_msg, em, em_bits, variant.salt_len):
         raise VerificationError(_INVALID_SIGNATURE)
 
@@ -359,6 +368,10 @@ def _rsasp1_crt(crt: _Crt, m: _Mpz) -> _Mpz:
     ``powmod_sec`` takes m as is and reduces it modulo p and q inside GMP's
     side-channel-silent code; ``m1 - m2 + n`` is positive and congruent to ``m1 - m2``
     modulo p, so no branch depends on which half is larger.
+
+    Garner's reduction costs 3-4% of a signature: GMP walks every bit of the exponent's
+    limb, so exponent 1 means 64 Montgomery squarings. ``%`` would be cheaper, but GMP's
+    division corrects its quotient estimates with data-dependent branches.
     """
     m1 = gmpy2.powmod_sec(m, crt.dp, crt.p)
     m2 = gmpy2.powmod_sec(m, crt.dq, crt.q)
