@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from identity.cli_common import cli_settings
 from identity.db import create_engine
 from identity.errors import ConfigurationError
 from identity.oidc_wiring import sector_fetcher
-from identity.settings import Settings, load_settings
 from keys.keyring import utc_now
 from oidc.clients import (
     AuthMethod,
@@ -53,20 +52,9 @@ out = Console()
 SECRET_NOTICE = "The secret is shown once: only its hash is stored."  # noqa: S105
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            prefix = f"NICECARD_{where.upper()}: " if where else ""
-            err.print(f"[red]configuration error[/red] {prefix}{error['msg']}")
-        raise typer.Exit(2) from None
-
-
 @contextmanager
 def _registry() -> Iterator[SqlClientRegistry]:
-    settings = _settings()
+    settings = cli_settings()
     engine = create_engine(settings.identity_url, settings)
     try:
         yield SqlClientRegistry(engine, utc_now)
@@ -194,7 +182,7 @@ def add(  # noqa: PLR0917 (one parameter per command-line option)
     try:
         client = client_from_metadata({k: v for k, v in metadata.items() if v is not None})
         if client.sector_identifier_uri is not None:
-            verify_sector_identifier(client, sector_fetcher(_settings()))
+            verify_sector_identifier(client, sector_fetcher(cli_settings()))
     except InvalidClientMetadata as exc:
         raise _fail(exc.description) from None
     except ConfigurationError as exc:

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from identity.cli_common import cli_settings
 from identity.coins_wiring import mint_policy
 from identity.errors import IdentityError
 from identity.runtime import open_runtime
-from identity.settings import Settings, load_settings
 from keys.errors import KeysError
 from keys.keyring import utc_now
-from ledger.coins import Statement
 from ledger.errors import LedgerError
 from ledger.mint import Mint
 from ledger.store import LedgerStore
@@ -45,38 +43,6 @@ def _time(value: str, option: str) -> datetime:
     return when
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            prefix = f"NICECARD_{where.upper()}: " if where else ""
-            err.print(f"[red]configuration error[/red] {escape(prefix + error['msg'])}")
-        raise typer.Exit(2) from None
-
-
-def statement_json(statement: Statement, note: str) -> dict[str, Any]:
-    """The statement as ``GET /v1/partners/me/statements`` answers it."""
-    return {
-        "partner": statement.partner,
-        "from": statement.start,
-        "to": statement.end,
-        "deposits": [
-            {
-                "entry_index": line.entry_index,
-                "order": line.order,
-                "amount": line.amount,
-                "coins": line.coins,
-                "deposited_at": line.deposited_at,
-            }
-            for line in statement.deposits
-        ],
-        "total": statement.total,
-        "statement": note,
-    }
-
-
 def statements_command(
     partner: Annotated[str, typer.Option("--partner", help="The partner's client id.")],
     start: Annotated[str, typer.Option("--from", help="Start, RFC 3339 (included).")],
@@ -87,7 +53,7 @@ def statements_command(
     first, last = _time(start, "--from"), _time(end, "--to")
     if last <= first:
         raise typer.BadParameter("must come after --from", param_hint="--to")
-    settings = _settings()
+    settings = cli_settings()
     try:
         with open_runtime(settings, migrate_dev=False) as runtime:
             if SqlClientRegistry(runtime.identity_engine, utc_now).get(partner) is None:
@@ -106,7 +72,7 @@ def statements_command(
         err.print(f"[red]error[/red] the databases cannot be read ({type(exc).__name__})")
         raise typer.Exit(1) from None
     if as_json:
-        typer.echo(json.dumps(statement_json(statement, note), indent=1))
+        typer.echo(json.dumps(statement.to_json(note), indent=1))
         return
     table = Table(title=f"Deposits of {escape(partner)}", title_justify="left")
     table.add_column("entry", justify="right")

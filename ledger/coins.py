@@ -436,6 +436,27 @@ class Statement:
     def total(self) -> int:
         return sum(line.amount for line in self.deposits)
 
+    def to_json(self, note: str) -> dict[str, Any]:
+        """The statement as ``GET /v1/partners/me/statements`` answers it, with its signed
+        ``note``."""
+        return {
+            "partner": self.partner,
+            "from": self.start,
+            "to": self.end,
+            "deposits": [
+                {
+                    "entry_index": line.entry_index,
+                    "order": line.order,
+                    "amount": line.amount,
+                    "coins": line.coins,
+                    "deposited_at": line.deposited_at,
+                }
+                for line in self.deposits
+            ],
+            "total": self.total,
+            "statement": note,
+        }
+
 
 def statement_note(origin: str, statement: Statement, signer: NoteSigner) -> str:
     """The statement as a C2SP signed note under the ledger key."""

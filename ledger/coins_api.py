@@ -192,23 +192,7 @@ async def statements(
         raise InvalidParameter("to must come after from")
     statement, note = await run_in_threadpool(_mint(request).statement, caller.partner, first, last)
     return JSONResponse(
-        {
-            "partner": statement.partner,
-            "from": statement.start,
-            "to": statement.end,
-            "deposits": [
-                {
-                    "entry_index": line.entry_index,
-                    "order": line.order,
-                    "amount": line.amount,
-                    "coins": line.coins,
-                    "deposited_at": line.deposited_at,
-                }
-                for line in statement.deposits
-            ],
-            "total": statement.total,
-            "statement": note,
-        },
+        statement.to_json(note),
         headers=_NO_STORE,
     )
 

@@ -130,6 +130,16 @@ def _http(url: str) -> Iterator[httpx.Client]:
         yield http
 
 
+@contextmanager
+def _wallet(url: str, key: str, token: str | None) -> Iterator[WalletClient]:
+    """A wallet client for the citizen's token (usage errors checked before any request)."""
+    verifier = _verifier(key)
+    if not token:
+        raise typer.BadParameter("set NICECARD_WALLET_TOKEN or pass --token", param_hint="--token")
+    with _http(url) as http:
+        yield WalletClient(http, origin=verifier.name, ledger_key=verifier, access_token=token)
+
+
 def _day(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M")
 
@@ -183,17 +193,10 @@ def withdraw_command(
     token: TokenOption = None,
 ) -> None:
     """Withdraw AMOUNT points as blind-signed coins into the coin file."""
-    verifier = _verifier(key)
-    if not token:
-        raise typer.BadParameter("set NICECARD_WALLET_TOKEN or pass --token", param_hint="--token")
     purse = CoinPurse(coins)
-    with _failures():
+    with _failures(), _wallet(url, key, token) as wallet:
         purse.load()  # a broken coin file stops us before any point is debited
-        with _http(url) as http:
-            wallet = WalletClient(
-                http, origin=verifier.name, ledger_key=verifier, access_token=token
-            )
-            new = wallet.withdraw(amount, purse=purse)
+        new = wallet.withdraw(amount, purse=purse)
         held = purse.load()
     values = " + ".join(str(c.value) for c in sorted(new, key=lambda c: -c.value))
     out.print(
@@ -211,19 +214,12 @@ def resume_command(
     token: TokenOption = None,
 ) -> None:
     """Send a withdrawal whose answer was lost again and keep its coins (debited once)."""
-    verifier = _verifier(key)
-    if not token:
-        raise typer.BadParameter("set NICECARD_WALLET_TOKEN or pass --token", param_hint="--token")
     purse = CoinPurse(coins)
-    with _failures():
+    with _failures(), _wallet(url, key, token) as wallet:
         if purse.pending() is None:
             out.print("no withdrawal is pending")
             return
-        with _http(url) as http:
-            wallet = WalletClient(
-                http, origin=verifier.name, ledger_key=verifier, access_token=token
-            )
-            new = wallet.resume(purse)
+        new = wallet.resume(purse)
     out.print(f"recovered {_total(new)} points as {len(new)} coins", highlight=False)
 
 
