@@ -64,7 +64,7 @@ from ledger.entries import (
     WithdrawalDebited,
 )
 from ledger.errors import IdempotencyConflict, LedgerError, LedgerStoreError
-from ledger.store import IdempotencyKey, LedgerStore
+from ledger.store import GroupCommitAppender, IdempotencyKey, LedgerStore
 from ledger.tables import (
     denominations_table,
     deposits_table,
@@ -230,6 +230,7 @@ class Mint:
         policy: MintPolicy | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        appender: GroupCommitAppender | None = None,
     ) -> None:
         self.store = store
         self.keyring = keyring
@@ -238,6 +239,8 @@ class Mint:
         self.clock = clock
         self._lock = threading.Lock()
         self._keys = _Keys()
+        #: deposits' entries go through it when set (they then share head-lock transactions)
+        self.appender = appender
 
     @property
     def engine(self) -> sa.Engine:
@@ -572,7 +575,9 @@ class Mint:
             total += denomination.value
         if total != amount:
             raise AmountMismatch(f"the coins are worth {total} points, the amount is {amount}")
-        self._claim_coins(partner, order, amount, coins, digest)
+        row = self._claim_coins(partner, order, amount, coins, digest)
+        if row is not None:  # claimed here: what to log is known, no need to read it back
+            return self._resume(row, digest, [(c.coin.denomination, c.coin.coin) for c in coins])
         row = self._deposit_row(partner, order)
         assert row is not None
         return self._resume(row, digest)
@@ -586,12 +591,15 @@ class Mint:
 
     def _claim_coins(
         self, partner: str, order: str, amount: int, coins: Sequence[PaidCoin], digest: bytes
-    ) -> None:
+    ) -> sa.Row[tuple[object, ...]] | None:
+        """The deposit's row as claimed, or None if the same order was claimed concurrently."""
         now = self.clock()
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    deposits_table.insert().values(
+                row = conn.execute(
+                    deposits_table.insert()
+                    .returning(*deposits_table.c)
+                    .values(
                         partner=partner,
                         order_ref=order,
                         request_digest=digest,
@@ -599,7 +607,7 @@ class Mint:
                         coins=len(coins),
                         created_at=now,
                     )
-                )
+                ).one()
                 conn.execute(
                     spent_table.insert(),
                     [
@@ -619,8 +627,9 @@ class Mint:
                 )
         except IntegrityError:
             if self._deposit_row(partner, order) is not None:
-                return  # the same order was claimed concurrently: resume it
+                return None  # the same order was claimed concurrently: resume it
             self._double_spend(partner, order, amount, coins, now)
+        return row
 
     def _double_spend(
         self,
@@ -662,21 +671,28 @@ class Mint:
             "a coin was already spent", [b64encode(c.coin.coin) for c in conflicting]
         )
 
-    def _resume(self, row: sa.Row[tuple[object, ...]], digest: bytes) -> Deposit:
-        """Answer a claimed deposit: append its entry and sign its receipt if not done yet."""
+    def _resume(
+        self,
+        row: sa.Row[tuple[object, ...]],
+        digest: bytes,
+        spent: Sequence[tuple[bytes, bytes]] | None = None,
+    ) -> Deposit:
+        """Answer a claimed deposit: append its entry and sign its receipt if not done yet.
+        ``spent`` is its ``(denomination, coin)`` pairs when known (read otherwise)."""
         partner, order = str(row.partner), str(row.order_ref)
         if bytes(row.request_digest) != digest:
             raise RequestConflict("this order was deposited with other coins or amount")
         if row.receipt is not None:
             note = bytes(row.receipt).decode()
             return Deposit(read_receipt(note, self.origin), note, replayed=True)
-        s = spent_table
-        with self.engine.connect() as conn:
-            spent = conn.execute(
-                sa.select(s.c.denomination, s.c.coin).where(
-                    s.c.partner == partner, s.c.order_ref == order
-                )
-            ).all()
+        if spent is None:
+            s = spent_table
+            with self.engine.connect() as conn:
+                spent = conn.execute(
+                    sa.select(s.c.denomination, s.c.coin).where(
+                        s.c.partner == partner, s.c.order_ref == order
+                    )
+                ).all()
         event = CoinsDeposited(
             partner,
             int(row.points),
@@ -690,7 +706,7 @@ class Mint:
         )
         key = IdempotencyKey(_DEPOSITS, f"{partner} {order}", digest)
         try:
-            appended = self.store.append(event, idempotency=key)
+            appended = (self.appender or self.store).append(event, idempotency=key)
         except IdempotencyConflict:  # pragma: no cover - the row's digest was checked above
             raise RequestConflict("this order was deposited with other coins") from None
         receipt = DepositReceipt(
