@@ -3,8 +3,10 @@
 The routes and the mint are the ledger's (:mod:`ledger.coins_api`, :mod:`ledger.mint`); this
 module only builds the :class:`~ledger.mint.Mint` from settings when the app starts (after the
 ledger service, whose authenticator the routes use). An hourly task makes the current and next
-epochs' keys ahead of time and wipes expired private halves; outside development it runs at
-start too (development makes them on first use, so a test app that never mints pays nothing).
+epochs' keys ahead of time, wipes expired private halves and logs any deposit whose coins were
+claimed but whose entry was never appended (the process stopped in between); outside
+development it runs at start too (development makes keys on first use, so a test app that
+never mints pays nothing).
 """
 
 from __future__ import annotations
@@ -79,5 +81,6 @@ async def _upkeep(mint: Mint, first: float) -> None:
         delay = _UPKEEP_SECONDS
         try:
             await run_in_threadpool(mint.ensure_denominations)
+            await run_in_threadpool(mint.finish_pending_deposits)
         except (LedgerError, KeysError) as exc:
             log.warning("denomination upkeep failed", extra={"error": type(exc).__name__})

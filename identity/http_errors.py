@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from identity.observability import request_id_var
 from ledger.api import (
@@ -163,6 +164,10 @@ def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ClientDisconnect):
+        # The client went away while sending its body: nothing to answer, nothing failed.
+        log.info("client disconnected")
+        return JSONResponse({}, status_code=400)
     log.error("unhandled error", exc_info=exc)
     if _is_api(request):
         return problem(request, 500, "internal-error", "Internal error")

@@ -25,6 +25,7 @@ spent for another order is refused, and the conflicting permission kept as evide
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import threading
@@ -32,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -211,6 +213,23 @@ class _Keys:
     loaded_at: datetime | None = None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _store_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A database failure becomes :class:`LedgerStoreError` (503), never a bare driver error."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise LedgerStoreError(f"the coin store failed: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
 def _unix(when: datetime) -> int:
     return int(when.timestamp())
 
@@ -248,6 +267,7 @@ class Mint:
 
     # -- denominations -------------------------------------------------------------------------
 
+    @_store_errors
     def ensure_denominations(self) -> list[Denomination]:
         """Create and announce the keys of the current and next epochs, wipe the private halves
         whose withdrawals ended, and return the published denominations. Safe to run from
@@ -375,6 +395,7 @@ class Mint:
         self._keys = keys
         return published
 
+    @_store_errors
     def denominations(self) -> list[Denomination]:
         """The published denominations (loaded at most once a minute, created on first use)."""
         now = self.clock()
@@ -383,6 +404,7 @@ class Mint:
             return self.ensure_denominations()
         return list(keys.by_id.values())
 
+    @_store_errors
     def signed_denominations(self) -> tuple[list[Denomination], str]:
         """The published denominations and their list signed by the ledger key."""
         items = self.denominations()
@@ -398,6 +420,7 @@ class Mint:
 
     # -- withdraw ------------------------------------------------------------------------------
 
+    @_store_errors
     def withdraw(
         self, pseudonym: str, request_id: str, items: Sequence[tuple[bytes, bytes]]
     ) -> Withdrawal:
@@ -542,6 +565,7 @@ class Mint:
 
     # -- deposit -------------------------------------------------------------------------------
 
+    @_store_errors
     def deposit(self, partner: str, order: str, amount: int, coins: Sequence[PaidCoin]) -> Deposit:
         """Check and spend ``coins`` paying ``amount`` for ``order`` to ``partner``."""
         if not ORDER.fullmatch(order):
@@ -581,6 +605,21 @@ class Mint:
         row = self._deposit_row(partner, order)
         assert row is not None
         return self._resume(row, digest)
+
+    @_store_errors
+    def finish_pending_deposits(self, older_than: timedelta = timedelta(minutes=1)) -> int:
+        """Log and sign the deposits whose coins were claimed but whose entry was never
+        appended (the process stopped in between); returns how many were finished. A partner's
+        retry finishes its deposit too; this sweep makes sure no claimed coin stays unlogged."""
+        d = deposits_table
+        cutoff = self.clock() - older_than
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(d).where(d.c.receipt.is_(None), d.c.created_at < cutoff)
+            ).all()
+        for row in rows:
+            self._resume(row, bytes(row.request_digest))
+        return len(rows)
 
     def _deposit_row(self, partner: str, order: str) -> sa.Row[tuple[object, ...]] | None:
         d = deposits_table
@@ -731,6 +770,7 @@ class Mint:
 
     # -- statements ----------------------------------------------------------------------------
 
+    @_store_errors
     def statement(self, partner: str, start: datetime, end: datetime) -> tuple[Statement, str]:
         """The partner's answered deposits made in ``[start, end)``, signed by the ledger."""
         d = deposits_table
