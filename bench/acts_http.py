@@ -10,6 +10,11 @@ interfere, seeds citizens the partner knows by pairwise ``sub``, then drives the
 (single acts at 16 and 64 connections, and batches of 50 acts at 16 connections; every act has
 its own idempotency key). It then verifies that the ledger holds exactly the acknowledged acts
 (no gap, no double credit), and prints acts/s and the ratio to pgbench's inserts/s.
+
+Beside each rate: the CPU the server processes (``srv_cpu%``, 100 = one core) and the
+PostgreSQL backends of the bench's databases (``pg_cpu%``) used, and the server's CPU time per
+act (``srv_us/act``), which a busy machine changes much less than the rate; the load average at
+the start says how busy it was.
 Requirements: PostgreSQL on 127.0.0.1:5432 (trust), wrk and pgbench (Debian packages).
 """
 
@@ -104,6 +109,41 @@ def pgbench_inserts(seconds: int) -> float:
     match = re.search(r"tps = ([0-9.]+)", out)
     admin.dispose()
     return float(match.group(1)) if match else 0.0
+
+
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """User and system clock ticks of each of these processes that still runs."""
+    ticks = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds used between two readings (processes started in between count in full)."""
+    return sum(t - before.get(pid, 0) for pid, t in after.items()) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(root: int) -> list[int]:
+    """The server process and its children (uvicorn's workers)."""
+    children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
+    return [root, *map(int, children)]
+
+
+def postgres_pids() -> list[int]:
+    """PostgreSQL backends serving the bench's databases (their title names the database)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"nicecard_bench_" in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
 
 
 def wrk(url: str, seconds: int, connections: int, env: dict[str, str]) -> tuple[float, int]:
@@ -228,23 +268,37 @@ def main() -> None:
             "BENCH_TOKEN": token,
             "BENCH_WHEN": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        load = Path("/proc/loadavg").read_text().split()[0]
         baseline = pgbench_inserts(args.seconds)
         print(f"# pgbench single-row INSERT (16 clients): {baseline:,.0f}/s")
         print(f"# server: nicecard serve, production, {args.workers} workers, PostgreSQL")
-        print("scenario            requests/s   acts/s  non2xx  ratio_to_pgbench")
+        print(f"# {os.cpu_count()} CPUs, load average {load} at the start")
+        print(
+            "scenario            requests/s   acts/s  non2xx  ratio_to_pgbench"
+            "  srv_cpu%  pg_cpu%  srv_us/act"
+        )
         for name, conns, batch in (
             ("single@c16", 16, 1),
             ("single@c64", 64, 1),
             ("batch50@c16", 16, 50),
         ):
+            srv_before = cpu_ticks(server_pids(server.pid))
+            pg_before, started = cpu_ticks(postgres_pids()), time.monotonic()
             rate, bad = wrk(
                 base + "/v1/acts",
                 args.seconds,
                 conns,
                 {**common, "BENCH_BATCH": str(batch), "BENCH_PREFIX": name},
             )
+            elapsed = time.monotonic() - started
+            srv = cpu_seconds(srv_before, cpu_ticks(server_pids(server.pid)))
+            pg = cpu_seconds(pg_before, cpu_ticks(postgres_pids()))
             acts = rate * batch
-            print(f"{name:<18} {rate:>11,.0f} {acts:>8,.0f} {bad:>7}  {acts / baseline:>8.2f}")
+            print(
+                f"{name:<18} {rate:>11,.0f} {acts:>8,.0f} {bad:>7}  {acts / baseline:>8.2f}"
+                f"  {100 * srv / elapsed:>16.0f} {100 * pg / elapsed:>8.0f}"
+                f"  {1e6 * srv / max(acts * elapsed, 1):>10,.0f}"
+            )
         ledger = sa.create_engine(ledger_url)
         with ledger.connect() as conn:
             size = conn.execute(sa.text("SELECT size FROM ledger_head")).scalar_one()

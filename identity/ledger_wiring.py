@@ -225,6 +225,7 @@ def mount_ledger(app: FastAPI) -> None:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
+                await run_in_threadpool(app_.state.ledger.close)  # its group-commit thread
 
     app.router.lifespan_context = lifespan
 

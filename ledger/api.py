@@ -9,7 +9,9 @@ Routes (FastAPI, mounted by the composition root with :func:`ledger_router`):
   Each result is ``{"status": 201, ...receipt}`` or ``{"status": <4xx>, "problem": {...}}``.
   The same (partner, ``idempotency_key``) returns the first receipt (``"replayed": true``) and
   never credits twice; with a different act it is refused (``idempotency-conflict``). A refused
-  act is not remembered: sending it again is judged again.
+  act is not remembered: sending it again is judged again. A receipt carries an inclusion proof
+  once a checkpoint covers the entry: never for an entry the request itself appended (no
+  checkpoint can cover it before its transaction commits), and for a replay when one does.
 - ``GET /ledger/checkpoint`` (public, ``text/plain``): the newest signed checkpoint, issued first
   if the log grew (:func:`ledger.checkpoints.issue_checkpoint` keeps them consistent).
 - ``GET /ledger/proof/inclusion?index=&size=`` and ``GET /ledger/proof/consistency?from=&to=``
@@ -26,20 +28,30 @@ The ledger does not know who calls: the composition root supplies an :class:`Aut
 -> ledger pseudonym). Every error is a :class:`~ledger.errors.LedgerError`; the composition root
 turns them into RFC 7807 problem details (see :func:`classify` users).
 
-Caps are checked against the log and then appended: per process the two steps run under one
-lock. Several processes may each let one act through that the other would have capped at the
-same instant; the log still records it, and auditors see it (documented limit).
+How an act is recorded: what depends only on the act and the catalogue (the catalogue rule,
+the partner's entitlement, validity dates, a known subject, a time not in the future) is judged
+on the event loop; the acts that pass go to the process's
+:class:`~ledger.store.GroupCommitAppender` with their idempotency keys and caps
+(:class:`~ledger.store.ActCaps`). Its writer thread appends whatever concurrent requests queued
+in one transaction, and judges there, under the ledger's head lock, what depends on the log: an
+idempotency key answered before (replay or conflict) and the per-pseudonym daily and monthly
+caps. So two server processes never credit one key twice nor let a cap be passed, and under load
+one commit carries many requests. The catalogue in force is re-read at most every
+``catalogue_refresh`` seconds per process: for that long after ``nicecard catalogue load`` an
+act may still be priced by the version before, which its entry names (auditors accept any
+version logged before the act).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
 import re
 import tempfile
-import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,12 +65,20 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from keys.keyring import Keyring
-from ledger.catalogue import FUTURE_SKEW, CapCounter, Catalogue, CatalogueCache
+from ledger.catalogue import FUTURE_SKEW, Catalogue, CatalogueCache
 from ledger.checkpoints import issue_checkpoint, latest_checkpoint, receipt
 from ledger.entries import ActCredited, describe_entry
-from ledger.errors import LedgerError, TileError
+from ledger.errors import AppendRejected, LedgerError, TileError
 from ledger.export import export
-from ledger.store import Appended, AppendRequest, IdempotencyKey, LedgerStore, LoggedEntry
+from ledger.store import (
+    ActCaps,
+    Appended,
+    AppendRequest,
+    GroupCommitAppender,
+    IdempotencyKey,
+    LedgerStore,
+    LoggedEntry,
+)
 from ledger.tables import idempotency_table
 from ledger.tiles import ENTRIES, Tile
 
@@ -151,7 +171,11 @@ Classify = Callable[[LedgerError], tuple[int, str]]
 
 @dataclass
 class LedgerService:
-    """Everything the routes need, built by the composition root."""
+    """Everything the routes need, built by the composition root (inside the event loop).
+
+    It starts the process's :class:`~ledger.store.GroupCommitAppender`; :meth:`close` stops it
+    once the server stopped taking requests.
+    """
 
     store: LedgerStore
     keyring: Keyring
@@ -162,7 +186,33 @@ class LedgerService:
     classify: Classify
     problem_base: str
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    catalogue_refresh: float = 1.0
+    """Seconds a process prices acts with the catalogue it read before looking again."""
+    appender: GroupCommitAppender = field(init=False, repr=False)
+    _in_force: tuple[float, Catalogue] | None = field(init=False, default=None, repr=False)
+    _reading: asyncio.Lock = field(init=False, repr=False, default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.appender = GroupCommitAppender(self.store)
+
+    def close(self) -> None:
+        """Append what is queued, then stop the appender's writer thread."""
+        self.appender.close()
+
+    async def catalogue_in_force(self) -> Catalogue:
+        """The catalogue in force, read again once ``catalogue_refresh`` seconds have passed
+        (one read at a time; :class:`~ledger.catalogue.CatalogueError` if none was published)."""
+        cached = self._in_force
+        if cached is not None and time.monotonic() - cached[0] < self.catalogue_refresh:
+            return cached[1]
+        async with self._reading:
+            cached = self._in_force
+            if cached is not None and time.monotonic() - cached[0] < self.catalogue_refresh:
+                return cached[1]
+            started = time.monotonic()
+            catalogue = await run_in_threadpool(self.catalogue.get)
+            self._in_force = (started, catalogue)
+            return catalogue
 
 
 # --- acts -------------------------------------------------------------------------------------
@@ -239,51 +289,77 @@ def _parse_body(body: bytes) -> tuple[bool, list[object]]:
     return False, [data]
 
 
-def _known_keys(store: LedgerStore, partner: str, keys: Sequence[str]) -> set[str]:
-    if not keys:
-        return set()
+def _answers(
+    store: LedgerStore, keys: Sequence[IdempotencyKey]
+) -> dict[str, Appended | AppendRejected]:
+    """The first answers to those of ``keys`` (one partner's) that were answered before; a key
+    first used for another act maps to its :class:`~ledger.errors.IdempotencyConflict`."""
     t = idempotency_table
+    partner = keys[0].partner
     with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(t.c.key).where(t.c.partner == partner, t.c.key.in_(sorted(set(keys))))
-        ).scalars()
-        return set(rows)
+        known = set(
+            conn.execute(
+                sa.select(t.c.key).where(
+                    t.c.partner == partner, t.c.key.in_(sorted({k.key for k in keys}))
+                )
+            ).scalars()
+        )
+    answers: dict[str, Appended | AppendRejected] = {}
+    for key in keys:
+        if key.key not in known:
+            continue
+        try:
+            found = store.find_idempotent(key)
+        except AppendRejected as exc:
+            answers[key.key] = exc
+        else:
+            if found is not None:
+                answers[key.key] = found
+    return answers
 
 
-def _receipt(service: LedgerService, logged: Appended) -> dict[str, Any]:
+def _inclusion_proofs(service: LedgerService, indexes: set[int]) -> dict[int, dict[str, Any]]:
+    """Inclusion proofs of the entries a checkpoint covers, to the newest checkpoint."""
+    checkpoint = latest_checkpoint(service.store)
+    if checkpoint is None:
+        return {}
+    return {
+        index: {
+            "tree_size": checkpoint.size,
+            "hashes": _b64(service.store.inclusion_proof(index, checkpoint.size)),
+            "checkpoint": checkpoint.note.decode("utf-8"),
+        }
+        for index in sorted(indexes)
+        if index < checkpoint.size
+    }
+
+
+def _receipt(logged: Appended, proof: dict[str, Any] | None) -> dict[str, Any]:
     event = logged.entry.event
     assert isinstance(event, ActCredited)
-    body: dict[str, Any] = {
+    return {
         "status": 201,
         "index": logged.index,
         "leaf_hash": logged.leaf_hash.hex(),
         "points": event.points,
         "catalogue_version": event.catalogue,
         "replayed": logged.replayed,
-        "inclusion_proof": None,
+        "inclusion_proof": proof,
         "proof_url": f"/ledger/proof/inclusion?index={logged.index}",
     }
-    checkpoint = latest_checkpoint(service.store)
-    if checkpoint is not None and checkpoint.size > logged.index:
-        hashes = service.store.inclusion_proof(logged.index, checkpoint.size)
-        body["inclusion_proof"] = {
-            "tree_size": checkpoint.size,
-            "hashes": [base64.b64encode(h).decode() for h in hashes],
-            "checkpoint": checkpoint.note.decode("utf-8"),
-        }
-    return body
 
 
 def _judge(
     act: _Act,
+    key: IdempotencyKey,
     *,
     partner: str,
     catalogue: Catalogue,
-    caps: CapCounter,
     pseudonyms: Mapping[str, str],
     now: datetime,
-) -> ActCredited:
-    """The entry a new act appends; raises the :class:`LedgerError` that refuses it."""
+) -> AppendRequest:
+    """The append a new act asks for, with the caps the store judges under its head lock;
+    raises the :class:`LedgerError` that refuses the act whatever the log holds."""
     if act.occurred_at > now + FUTURE_SKEW:
         raise InvalidAct("occurred_at is in the future")
     rule = catalogue.rule(act.act_type)
@@ -291,7 +367,6 @@ def _judge(
     pseudonym = pseudonyms.get(act.sub)
     if pseudonym is None:
         raise UnknownSubject("no citizen is known to this partner by that sub")
-    caps.check(rule, pseudonym, act.occurred_at)
     event = ActCredited(
         pseudonym=pseudonym,
         partner=partner,
@@ -301,81 +376,102 @@ def _judge(
         occurred_at=int(act.occurred_at.timestamp()),
         evidence=act.evidence,
     )
-    caps.add(event)
-    return event
+    return AppendRequest(event, key, ActCaps(rule.max_per_day, rule.max_per_month, FUTURE_SKEW))
 
 
-_Outcome = Appended | LedgerError | AppendRequest | int
-"""Per act while judging: its answer, an append to make, or (int) the earlier act it repeats."""
+@dataclass(frozen=True)
+class _Submitted:
+    """The act's append is the ``position``-th request submitted."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """The act is refused with ``error``, unless ``key`` was answered before (replayed)."""
+
+    error: LedgerError
+    key: IdempotencyKey
+
+
+_Step = _Submitted | _Refused | LedgerError | int
+"""Per act: its append, its refusal, its error, or (int) the earlier act of the batch it repeats."""
 
 
 def _plan(
-    service: LedgerService,
     partner: str,
     acts: list[_Act | LedgerError],
+    *,
+    catalogue: Catalogue,
     pseudonyms: Mapping[str, str],
-) -> list[_Outcome]:
-    store = service.store
-    catalogue = service.catalogue.get()
-    known = _known_keys(store, partner, [a.key for a in acts if isinstance(a, _Act)])
-    now = service.clock()
-    caps = CapCounter(store)
-    outcomes: list[_Outcome] = []
+    now: datetime,
+) -> tuple[list[_Step], list[AppendRequest]]:
+    steps: list[_Step] = []
+    requests: list[AppendRequest] = []
     first_of_key: dict[str, tuple[int, bytes]] = {}
     for position, act in enumerate(acts):
         if isinstance(act, LedgerError):
-            outcomes.append(act)
+            steps.append(act)
             continue
         if act.key in first_of_key:
             earlier, digest = first_of_key[act.key]
-            outcomes.append(
+            steps.append(
                 earlier
                 if digest == act.digest
                 else InvalidAct("idempotency_key repeated in the batch for another act")
             )
             continue
         first_of_key[act.key] = (position, act.digest)
-        key = IdempotencyKey(partner, act.key, act.digest)
         try:
-            replay = store.find_idempotent(key) if act.key in known else None
-            outcomes.append(
-                replay
-                if replay is not None
-                else AppendRequest(
-                    _judge(
-                        act,
-                        partner=partner,
-                        catalogue=catalogue,
-                        caps=caps,
-                        pseudonyms=pseudonyms,
-                        now=now,
-                    ),
-                    key,
-                )
+            key = IdempotencyKey(partner, act.key, act.digest)
+        except LedgerError as exc:
+            steps.append(exc)
+            continue
+        try:
+            request = _judge(
+                act, key, partner=partner, catalogue=catalogue, pseudonyms=pseudonyms, now=now
             )
         except LedgerError as exc:
-            outcomes.append(exc)
-    return outcomes
+            steps.append(_Refused(exc, key))
+            continue
+        steps.append(_Submitted(len(requests)))
+        requests.append(request)
+    return steps, requests
 
 
-def _record(
+async def _record(
     service: LedgerService,
     partner: str,
     acts: list[_Act | LedgerError],
     pseudonyms: Mapping[str, str],
 ) -> list[dict[str, Any] | LedgerError]:
-    """Judge and append the acts (in a worker thread; judging and appending under one lock)."""
-    with service.lock:
-        outcomes = _plan(service, partner, acts, pseudonyms)
-        requests = [o for o in outcomes if isinstance(o, AppendRequest)]
-        appended = iter(service.store.append_many(requests) if requests else [])
+    """Judge the acts, append the accepted ones in one group-commit transaction, and answer."""
+    catalogue = await service.catalogue_in_force()
+    steps, requests = _plan(
+        partner, acts, catalogue=catalogue, pseudonyms=pseudonyms, now=service.clock()
+    )
+    outcomes = await asyncio.wrap_future(service.appender.submit_many(requests)) if requests else []
+    refused = [step.key for step in steps if isinstance(step, _Refused)]
+    answers = await run_in_threadpool(_answers, service.store, refused) if refused else {}
+
+    answered: list[Appended | LedgerError | int] = []
+    for step in steps:
+        if isinstance(step, _Submitted):
+            answered.append(outcomes[step.position])
+        elif isinstance(step, _Refused):
+            answered.append(answers.get(step.key.key, step.error))
+        else:
+            answered.append(step)
+    replayed = {a.index for a in answered if isinstance(a, Appended) and a.replayed}
+    proofs = await run_in_threadpool(_inclusion_proofs, service, replayed) if replayed else {}
     results: list[dict[str, Any] | LedgerError] = []
-    for outcome in outcomes:
-        if isinstance(outcome, int):
-            results.append(results[outcome])
-            continue
-        answer = next(appended) if isinstance(outcome, AppendRequest) else outcome
-        results.append(answer if isinstance(answer, LedgerError) else _receipt(service, answer))
+    for answer in answered:
+        if isinstance(answer, int):
+            results.append(results[answer])
+        elif isinstance(answer, Appended):
+            results.append(_receipt(answer, proofs.get(answer.index)))
+        else:
+            results.append(answer)
     return results
 
 
@@ -424,8 +520,10 @@ def _b64(hashes: Sequence[bytes]) -> list[str]:
 AuthorizationHeader = Annotated[str | None, Header()]
 
 
-async def post_acts(request: Request, authorization: AuthorizationHeader = None) -> Response:
-    caller = await _caller(request, authorization, ACTS_WRITE)
+async def post_acts(request: Request) -> Response:
+    """``POST /v1/acts``: a plain Starlette route, as the partners' hot path (FastAPI's
+    dependency solving costs more per request than recording an act; it is not in OpenAPI)."""
+    caller = await _caller(request, request.headers.get("authorization"), ACTS_WRITE)
     if caller.partner is None:
         raise InsufficientScope("only a partner's client-credentials token may record acts")
     partner = caller.partner
@@ -441,7 +539,7 @@ async def post_acts(request: Request, authorization: AuthorizationHeader = None)
         raise acts[0]
     subs = sorted({a.sub for a in acts if isinstance(a, _Act)})
     pseudonyms = await service.subjects.pseudonyms(partner, subs) if subs else {}
-    results = await run_in_threadpool(_record, service, partner, acts, pseudonyms)
+    results = await _record(service, partner, acts, pseudonyms)
     if not batch:
         (result,) = results
         if isinstance(result, LedgerError):
@@ -585,7 +683,7 @@ def receipt_response(data: bytes, leaf: int) -> Response:
 def ledger_router() -> APIRouter:
     """The ledger's routes; they find their :class:`LedgerService` at ``app.state.ledger``."""
     router = APIRouter()
-    router.add_api_route("/v1/acts", post_acts, methods=["POST"], tags=["partners"])
+    router.add_route("/v1/acts", post_acts, methods=["POST"], include_in_schema=False)
     router.add_api_route("/ledger/checkpoint", checkpoint, methods=["GET"], tags=["audit"])
     router.add_api_route("/ledger/export", export_file, methods=["GET"], tags=["audit"])
     router.add_api_route("/ledger/proof/inclusion", inclusion, methods=["GET"], tags=["audit"])

@@ -15,9 +15,10 @@ Every catalogue in force is in the log: a ``CatalogueChanged`` entry carries its
 sorted, no whitespace, ASCII), so an auditor can re-price every act from the log alone. The first
 load is version 1; loading a file whose document equals the current one appends nothing.
 
-Caps are checked from the pseudonym's own acts in the log (:func:`acts_in_window`), not from a
-counter that could drift from it. The check and the append are two steps: the API serializes
-them per process (see :mod:`ledger.api`).
+Caps are checked from the pseudonym's own acts in the log, not from a counter that could drift
+from it: the API hands a rule's caps to the store with the act (``ledger.store.ActCaps``), which
+counts them under the append lock, so they hold across server processes. :class:`CapCounter`
+(over :func:`acts_in_window`) counts the same way outside any transaction.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.entries import ActCredited, CatalogueChanged, Kind, decode_entry
-from ledger.errors import IdempotencyConflict, LedgerError, LedgerStoreError
+from ledger.errors import CapExceeded, IdempotencyConflict, LedgerError, LedgerStoreError
 from ledger.store import IdempotencyKey, LedgerStore
 from ledger.tables import entries_table
 
@@ -86,10 +87,6 @@ class ActNotAllowed(LedgerError):
 
 class ActOutsideValidity(LedgerError):
     """The act happened outside the dates its catalogue rule is valid for."""
-
-
-class CapExceeded(LedgerError):
-    """The pseudonym already reached its cap of this act type for that day or month."""
 
 
 @dataclass(frozen=True)

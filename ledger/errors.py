@@ -11,7 +11,8 @@ The tree::
     ├── EntryError           an entry is malformed or does not fit the byte encoding
     ├── AppendRejected       the store refused one append (the others of its batch go on)
     │   ├── InsufficientBalance  a withdrawal would take a balance below zero
-    │   └── IdempotencyConflict  an idempotency key was reused for a different request
+    │   ├── IdempotencyConflict  an idempotency key was reused for a different request
+    │   └── CapExceeded          an act would pass its pseudonym's daily or monthly cap
     ├── ExportError          an export file is malformed or truncated (an input error)
     └── AuditError           a log failed verification; carries self-contained evidence
         ├── TamperingDetected    entries and signed checkpoints disagree, or checkpoints fork
@@ -64,6 +65,10 @@ class InsufficientBalance(AppendRejected):
 
 class IdempotencyConflict(AppendRejected):
     """The idempotency key was first used for a different request."""
+
+
+class CapExceeded(AppendRejected):
+    """The pseudonym already reached its cap of this act type for that day or month."""
 
 
 class ExportError(LedgerError):

@@ -11,10 +11,12 @@ An append, in one transaction (:meth:`LedgerStore.append_many`)::
        predecessor committed; SQLite: the engine's BEGIN IMMEDIATE already holds the write lock).
        ``frontier`` is the tree's right edge: the perfect subtrees of the binary decomposition
        of ``size`` (at most 64 hashes), the only nodes a new leaf hashes against.
-    2. the batch's idempotency keys and the balances it debits, by statements that start after
+    2. the batch's idempotency keys, the balances it debits and, for acts with caps
+       (:class:`ActCaps`), their pseudonyms' acts of the month, by statements that start after
        the lock is granted, so they see what the previous holder committed (nobody else changes
        them: they change only under this lock)
-    3. in Python (:func:`_plan`): indexes size, size + 1, ... from the head (never from a
+    3. in Python (:func:`_plan`): replays and conflicts of idempotency keys, caps and balances
+       judged in request order; indexes size, size + 1, ... from the head (never from a
        database sequence); entries encoded by ledger.entries.encode_entry; leaf hashes
        SHA-256(0x00 || entry); every perfect subtree the new leaves complete, the new root and
        the new right edge (RFC 9162 §2.1.1)
@@ -24,8 +26,10 @@ An append, in one transaction (:meth:`LedgerStore.append_many`)::
 On PostgreSQL this is two round trips (psycopg pipeline mode): BEGIN with 1 and 2, then one
 statement for 4 (``unnest`` over arrays, data-modifying CTEs) with COMMIT. Two processes cannot
 both append at ``size``: the second waits on the head lock and then reads the first one's size.
-A rejected append (insufficient balance, idempotency conflict) leaves the rest of its batch
-alone. :class:`GroupCommitAppender` lets concurrent callers share commits.
+A rejected append (insufficient balance, idempotency conflict, cap reached) leaves the rest of
+its batch alone. Because every rule is judged under the head lock from what the lock holder
+reads, caps, balances and idempotency keys hold across server processes.
+:class:`GroupCommitAppender` lets concurrent callers share commits.
 
 The engine must come from ``identity.db.create_engine`` or be configured like it (PostgreSQL in
 READ COMMITTED; SQLite with ``BEGIN IMMEDIATE`` for every transaction).
@@ -36,11 +40,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -48,18 +53,21 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.entries import (
+    ACT_CREDITED_LAYOUT,
     ActCredited,
     CatalogueChanged,
     CoinsDeposited,
     DenominationAnnounced,
     Entry,
     Event,
+    Kind,
     WithdrawalDebited,
     decode_entry,
     encode_entry,
 )
 from ledger.errors import (
     AppendRejected,
+    CapExceeded,
     EntryError,
     IdempotencyConflict,
     InsufficientBalance,
@@ -91,6 +99,7 @@ from ledger.tables import (
 from ledger.tiles import ENTRIES, TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle
 
 __all__ = [
+    "ActCaps",
     "AppendRequest",
     "Appended",
     "Clock",
@@ -141,6 +150,11 @@ _PG_ANSWERED = (
 )
 _PG_BALANCES = (
     "SELECT pseudonym, points FROM ledger_balances WHERE pseudonym = ANY(%(pseudonyms)b::varchar[])"
+)
+_PG_ACTS = (
+    "SELECT pseudonym, data FROM ledger_entries "
+    "WHERE pseudonym = ANY(%(pseudonyms)b::varchar[]) AND kind = %(kind)b::smallint "
+    "AND created_at >= %(since)b"
 )
 _PG_WRITE = """
 WITH
@@ -213,11 +227,40 @@ class IdempotencyKey:
 
 
 @dataclass(frozen=True)
+class ActCaps:
+    """How many acts of one type a pseudonym may be credited: judged under the append lock.
+
+    At most ``per_day`` acts of the event's act type for its pseudonym in the UTC day of the
+    event's ``occurred_at``, and ``per_month`` in that UTC month, counting the acts in the log
+    and those appended before it in the same transaction (a refused act does not count). An act
+    is never recorded more than ``skew`` before it happened (the caller refuses those), so only
+    the entries recorded since the month began, less ``skew``, are read.
+    """
+
+    per_day: int
+    per_month: int
+    skew: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        for value in (self.per_day, self.per_month):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LedgerError("caps must be positive integers")
+        if not isinstance(self.skew, timedelta) or self.skew < timedelta(0):
+            raise LedgerError("the skew of caps must be a non-negative timedelta")
+
+
+@dataclass(frozen=True)
 class AppendRequest:
-    """One event to append, with an optional idempotency key."""
+    """One event to append, with an optional idempotency key and, for an act, its caps.
+
+    Judged in this order under the head lock: an idempotency key already answered returns that
+    answer (or :class:`IdempotencyConflict`), then the caps (:class:`CapExceeded`), then the
+    balance a withdrawal debits (:class:`InsufficientBalance`).
+    """
 
     event: Event
     idempotency: IdempotencyKey | None = None
+    caps: ActCaps | None = None
 
 
 @dataclass(frozen=True)
@@ -372,30 +415,23 @@ class LedgerStore:
         """
         requests = list(requests)
         for request in requests:
-            if not isinstance(request, AppendRequest):
-                raise LedgerError("append_many takes AppendRequest items")
-            if not isinstance(request.event, _EVENTS):
-                raise EntryError("unknown event type")
+            _check_request(request)
         if not requests:
             return []
-        keys = sorted(
-            {(r.idempotency.partner, r.idempotency.key) for r in requests if r.idempotency}
-        )
-        debtors = sorted(
-            {r.event.pseudonym for r in requests if isinstance(r.event, WithdrawalDebited)}
-        )
+        reads = _Reads.of(requests)
         now = self._clock()
         try:
             if self.engine.dialect.name == "postgresql":
-                return _append_postgresql(self.engine, requests, keys, debtors, now)
+                return _append_postgresql(self.engine, requests, reads, now)
             with self.engine.begin() as conn:
                 head = lock_head(conn)
                 plan = _plan(
                     requests,
                     head,
-                    _answered(conn, keys) if keys else {},
-                    _balances(conn, debtors) if debtors else {},
-                    now,
+                    answered=_answered(conn, reads.keys) if reads.keys else {},
+                    balances=_balances(conn, reads.debtors) if reads.debtors else {},
+                    counts=_ActCounts.of(_logged_acts(conn, reads.capped, reads.since)),
+                    now=now,
                 )
                 if plan.writes is not None:
                     _write(conn, plan.writes)
@@ -609,6 +645,99 @@ def _balances(conn: sa.Connection, pseudonyms: Iterable[str]) -> dict[str, int]:
     return {row[0]: int(row[1]) for row in rows}
 
 
+def _logged_acts(
+    conn: sa.Connection, pseudonyms: list[str], since: datetime | None
+) -> list[tuple[str, bytes]]:
+    """``(pseudonym, entry bytes)`` of the pseudonyms' acts recorded since ``since``."""
+    if not pseudonyms or since is None:
+        return []
+    e = entries_table
+    rows = conn.execute(
+        sa.select(e.c.pseudonym, e.c.data).where(
+            e.c.pseudonym.in_(pseudonyms),
+            e.c.kind == int(Kind.ACT_CREDITED),
+            e.c.created_at >= since,
+        )
+    )
+    return [(str(row[0]), bytes(row[1])) for row in rows]
+
+
+def _check_request(request: object) -> None:
+    if not isinstance(request, AppendRequest):
+        raise LedgerError("appends take AppendRequest items")
+    if not isinstance(request.event, _EVENTS):
+        raise EntryError("unknown event type")
+    if request.caps is not None and not isinstance(request.event, ActCredited):
+        raise LedgerError("caps apply to acts credited only")
+
+
+def _month_of(occurred_at: int) -> tuple[int, int]:
+    when = datetime.fromtimestamp(occurred_at, UTC)
+    return when.year, when.month
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """What an append transaction reads under the head lock, besides the head."""
+
+    keys: list[tuple[str, str]]
+    debtors: list[str]
+    capped: list[str]
+    """Pseudonyms of the acts with caps: their acts recorded since ``since`` are counted."""
+    since: datetime | None
+
+    @classmethod
+    def of(cls, requests: Sequence[AppendRequest]) -> _Reads:
+        keys = {(r.idempotency.partner, r.idempotency.key) for r in requests if r.idempotency}
+        debtors = {r.event.pseudonym for r in requests if isinstance(r.event, WithdrawalDebited)}
+        capped: set[str] = set()
+        since: datetime | None = None
+        for request in requests:
+            event = request.event
+            if request.caps is None or not isinstance(event, ActCredited):
+                continue
+            year, month = _month_of(event.occurred_at)
+            start = datetime(year, month, 1, tzinfo=UTC) - request.caps.skew
+            since = start if since is None else min(since, start)
+            capped.add(event.pseudonym)
+        return cls(sorted(keys), sorted(debtors), sorted(capped), since)
+
+
+class _ActCounts:
+    """Acts per (pseudonym, act type) per UTC day and month of ``occurred_at``: those of the log
+    read under the head lock, then those the transaction appends."""
+
+    def __init__(self) -> None:
+        self._days: Counter[tuple[str, str, int]] = Counter()
+        self._months: Counter[tuple[str, str, tuple[int, int]]] = Counter()
+
+    @classmethod
+    def of(cls, logged: Iterable[tuple[str, bytes]]) -> _ActCounts:
+        """Counts of logged acts, from their fixed-size entry bytes (pseudonym, entry data)."""
+        counts = cls()
+        for pseudonym, data in logged:
+            *_, occurred_at, _, _, act_type = ACT_CREDITED_LAYOUT.unpack(data)
+            counts._add(pseudonym, act_type.rstrip(b"\0").decode("ascii"), occurred_at)
+        return counts
+
+    def _add(self, pseudonym: str, act_type: str, occurred_at: int) -> None:
+        self._days[pseudonym, act_type, occurred_at // 86400] += 1
+        self._months[pseudonym, act_type, _month_of(occurred_at)] += 1
+
+    def add(self, event: ActCredited) -> None:
+        """Count an act the transaction appends."""
+        self._add(event.pseudonym, event.act_type, event.occurred_at)
+
+    def check(self, event: ActCredited, caps: ActCaps) -> CapExceeded | None:
+        """The :class:`CapExceeded` that refuses ``event``, if one more would pass a cap."""
+        who, kind, when = event.pseudonym, event.act_type, event.occurred_at
+        if self._days[who, kind, when // 86400] >= caps.per_day:
+            return CapExceeded(f"{kind}: at most {caps.per_day} per day")
+        if self._months[who, kind, _month_of(when)] >= caps.per_month:
+            return CapExceeded(f"{kind}: at most {caps.per_month} per month")
+        return None
+
+
 @dataclass(frozen=True)
 class _Plan:
     results: list[Appended | AppendRejected]
@@ -618,14 +747,17 @@ class _Plan:
 def _plan(
     requests: list[AppendRequest],
     head: LockedHead,
+    *,
     answered: dict[tuple[str, str], tuple[bytes, LoggedEntry]],
     balances: dict[str, int],
+    counts: _ActCounts,
     now: datetime,
 ) -> _Plan:
     """What appending ``requests`` to the locked ``head`` does: pure Python, no database.
 
     ``answered`` holds the first answers of the batch's idempotency keys, ``balances`` the
-    balances of the pseudonyms it debits, both read under the lock.
+    balances of the pseudonyms it debits, ``counts`` the acts of the capped pseudonyms, all
+    read under the lock.
     """
     size = head.size
     recorded_at = int(now.timestamp())
@@ -646,6 +778,11 @@ def _plan(
                 outcomes.append(earlier if digest == key.request_digest else _conflict())
                 continue
         event = request.event
+        if request.caps is not None and isinstance(event, ActCredited):
+            refused = counts.check(event, request.caps)
+            if refused is not None:
+                outcomes.append(refused)
+                continue
         if isinstance(event, WithdrawalDebited):
             available = balances.get(event.pseudonym, 0) + deltas.get(event.pseudonym, 0)
             if available < event.points:
@@ -658,6 +795,7 @@ def _plan(
             deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) - event.points
         elif isinstance(event, ActCredited):
             deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) + event.points
+            counts.add(event)
         entry = Entry(recorded_at, event)
         data = encode_entry(entry)
         new.append(_New(position, size + len(new), entry, data, leaf_hash(data), key))
@@ -682,19 +820,16 @@ def _plan(
 
 
 def _append_postgresql(
-    engine: sa.Engine,
-    requests: list[AppendRequest],
-    keys: list[tuple[str, str]],
-    debtors: list[str],
-    now: datetime,
+    engine: sa.Engine, requests: list[AppendRequest], reads: _Reads, now: datetime
 ) -> list[Appended | AppendRejected]:
     """The append transaction on PostgreSQL in two round trips, with psycopg's pipeline mode.
 
-    First ``BEGIN``, the head lock, the idempotency keys and the debtors' balances go out
-    together; the server runs them in order, so the reads start once the lock is granted and,
-    in READ COMMITTED, each sees what the previous holder committed. Then the one write
-    statement and ``COMMIT`` go out together.
+    First ``BEGIN``, the head lock, the idempotency keys, the debtors' balances and the capped
+    pseudonyms' acts go out together; the server runs them in order, so the reads start once
+    the lock is granted and, in READ COMMITTED, each sees what the previous holder committed.
+    Then the one write statement and ``COMMIT`` go out together.
     """
+    keys, debtors = reads.keys, reads.debtors
     raw = engine.raw_connection()
     try:
         pg: Any = raw.driver_connection
@@ -712,6 +847,18 @@ def _append_postgresql(
                 balance_rows = (
                     pg.execute(_PG_BALANCES, {"pseudonyms": debtors}) if debtors else None
                 )
+                act_rows = (
+                    pg.execute(
+                        _PG_ACTS,
+                        {
+                            "pseudonyms": reads.capped,
+                            "kind": int(Kind.ACT_CREDITED),
+                            "since": reads.since,
+                        },
+                    )
+                    if reads.capped
+                    else None
+                )
                 size, root, frontier = head_rows.fetchone()
             head = LockedHead(int(size), bytes(root), bytes(frontier))
             answered = {
@@ -722,7 +869,13 @@ def _append_postgresql(
                 row[0]: int(row[1])
                 for row in (balance_rows.fetchall() if balance_rows is not None else ())
             }
-            plan = _plan(requests, head, answered, balances, now)
+            counts = _ActCounts.of(
+                (row[0], bytes(row[1]))
+                for row in (act_rows.fetchall() if act_rows is not None else ())
+            )
+            plan = _plan(
+                requests, head, answered=answered, balances=balances, counts=counts, now=now
+            )
             with pg.pipeline():
                 if plan.writes is not None:
                     pg.execute(_PG_WRITE, _pg_write_parameters(plan.writes))
@@ -868,23 +1021,38 @@ def _pg_write_parameters(writes: _Writes) -> dict[str, object]:
 
 @dataclass
 class _Pending:
-    request: AppendRequest
-    future: Future[Appended]
+    """Requests submitted together: appended in one transaction, answered by one future."""
+
+    requests: list[AppendRequest]
+    future: Future[Any]
+    one: bool
+    """From :meth:`GroupCommitAppender.submit`: the future holds the one :class:`Appended` or
+    raises its :class:`AppendRejected`; otherwise it holds the list of outcomes."""
+
+    def resolve(self, outcomes: list[Appended | AppendRejected]) -> None:
+        if not self.one:
+            self.future.set_result(outcomes)
+        elif isinstance(outcomes[0], AppendRejected):
+            self.future.set_exception(outcomes[0])
+        else:
+            self.future.set_result(outcomes[0])
 
 
 class GroupCommitAppender:
     """Concurrent appends sharing transactions: one writer thread, many callers.
 
-    Callers :meth:`submit` and get a :class:`~concurrent.futures.Future`; the writer takes
-    whatever is queued (``max_batch`` at most; with ``linger`` > 0 it also waits for requests
-    that keep arriving with gaps under ``linger`` seconds, ``max_wait`` in all), appends them with
-    :meth:`LedgerStore.append_many` in one transaction and resolves each future with its
-    :class:`Appended` (or its :class:`AppendRejected`, or :class:`LedgerStoreError` for the whole
-    batch). Requests queue up while a commit is in flight, so under load each commit carries
-    many of them, and at low load nothing waits (measured: no linger beats any linger for
-    callers that each wait for their own append). ``asyncio.wrap_future`` turns a future into an
-    awaitable. One appender per store per process; several processes each run their own and
-    share the head lock.
+    Callers :meth:`submit` one request or :meth:`submit_many` several, and get a
+    :class:`~concurrent.futures.Future`; the writer takes whatever is queued (about ``max_batch``
+    requests; with ``linger`` > 0 it also waits for requests that keep arriving with gaps under
+    ``linger`` seconds, ``max_wait`` in all), appends them with :meth:`LedgerStore.append_many`
+    in one transaction and resolves each future with its outcomes (or :class:`LedgerStoreError`
+    for the whole transaction). The requests of one :meth:`submit_many` always share one
+    transaction (more than ``max_batch`` of them get one to themselves). Requests queue up while
+    a commit is in flight, so under load each commit carries many of them, and at low load
+    nothing waits (measured: no linger beats any linger for callers that each wait for their own
+    append). ``asyncio.wrap_future`` turns a future into an awaitable. One appender per store
+    per process; several processes each run their own and share the head lock, under which
+    every rule of :class:`AppendRequest` is judged.
     """
 
     def __init__(
@@ -908,17 +1076,33 @@ class GroupCommitAppender:
         self._thread.start()
 
     def submit(
-        self, event: Event, *, idempotency: IdempotencyKey | None = None
+        self,
+        event: Event,
+        *,
+        idempotency: IdempotencyKey | None = None,
+        caps: ActCaps | None = None,
     ) -> Future[Appended]:
-        """Queue one append; the future resolves once its transaction committed."""
-        request = AppendRequest(event, idempotency)
-        if not isinstance(event, _EVENTS):  # refused here, not in the writer thread
-            raise EntryError("unknown event type")
+        """Queue one append; the future resolves once its transaction committed, to the
+        :class:`Appended` or with the :class:`AppendRejected` that refused it."""
+        request = AppendRequest(event, idempotency, caps)
+        _check_request(request)  # refused here, not in the writer thread
         future: Future[Appended] = Future()
-        with self._lock:
-            if self._closed:
-                raise LedgerStoreError("the appender is closed")
-            self._queue.put(_Pending(request, future))
+        self._put(_Pending([request], future, one=True))
+        return future
+
+    def submit_many(
+        self, requests: Sequence[AppendRequest]
+    ) -> Future[list[Appended | AppendRejected]]:
+        """Queue appends that share one transaction; the future resolves once it committed, to
+        one outcome per request, in order, as :meth:`LedgerStore.append_many` returns them."""
+        requests = list(requests)
+        for request in requests:
+            _check_request(request)
+        future: Future[list[Appended | AppendRejected]] = Future()
+        if not requests:
+            future.set_result([])
+            return future
+        self._put(_Pending(requests, future, one=False))
         return future
 
     def append(
@@ -926,10 +1110,11 @@ class GroupCommitAppender:
         event: Event,
         *,
         idempotency: IdempotencyKey | None = None,
+        caps: ActCaps | None = None,
         timeout: float | None = None,
     ) -> Appended:
         """:meth:`submit` and wait: returns the :class:`Appended` or raises its error."""
-        return self.submit(event, idempotency=idempotency).result(timeout)
+        return self.submit(event, idempotency=idempotency, caps=caps).result(timeout)
 
     def close(self) -> None:
         """Finish what is queued, then stop the writer thread."""
@@ -946,42 +1131,54 @@ class GroupCommitAppender:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _put(self, pending: _Pending) -> None:
+        with self._lock:
+            if self._closed:
+                raise LedgerStoreError("the appender is closed")
+            self._queue.put(pending)
+
     def _run(self) -> None:
+        carried: _Pending | None = None
         while True:
-            first = self._queue.get()
+            first = carried if carried is not None else self._queue.get()
             if first is None:
                 return
             batch = [first]
-            stopping = self._gather(batch)
+            stopping, carried = self._gather(batch)
             self._commit(batch)
             if stopping:
                 return
 
-    def _gather(self, batch: list[_Pending]) -> bool:
-        """Add what is queued and what follows closely; ``True`` once ``close`` was called."""
+    def _gather(self, batch: list[_Pending]) -> tuple[bool, _Pending | None]:
+        """Add what is queued and what follows closely. Returns whether ``close`` was called,
+        and the submission that did not fit (the first of the next transaction)."""
+        size = sum(len(item.requests) for item in batch)
         deadline = time.monotonic() + self._max_wait
-        while len(batch) < self._max_batch:
+        while size < self._max_batch:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 remaining = deadline - time.monotonic()
                 if self._linger <= 0 or remaining <= 0:
-                    return False
+                    return False, None
                 try:
                     item = self._queue.get(timeout=min(self._linger, remaining))
                 except queue.Empty:
-                    return False
+                    return False, None
             if item is None:
-                return True
+                return True, None
+            if size + len(item.requests) > self._max_batch:
+                return False, item
             batch.append(item)
-        return False
+            size += len(item.requests)
+        return False, None
 
     def _commit(self, batch: list[_Pending]) -> None:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return
         try:
-            outcomes = self._store.append_many([item.request for item in live])
+            outcomes = self._store.append_many([r for item in live for r in item.requests])
         except LedgerError as exc:
             for item in live:
                 item.future.set_exception(exc)
@@ -991,8 +1188,7 @@ class GroupCommitAppender:
             for item in live:
                 item.future.set_exception(error)
             return
-        for item, outcome in zip(live, outcomes, strict=True):
-            if isinstance(outcome, AppendRejected):
-                item.future.set_exception(outcome)
-            else:
-                item.future.set_result(outcome)
+        start = 0
+        for item in live:
+            item.resolve(outcomes[start : start + len(item.requests)])
+            start += len(item.requests)
