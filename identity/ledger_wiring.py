@@ -33,6 +33,7 @@ from identity.tables import Account
 from ledger.api import (
     Caller,
     LedgerService,
+    Presented,
     Unauthenticated,
     ledger_router,
 )
@@ -42,6 +43,7 @@ from ledger.errors import LedgerError, LedgerStoreError
 from ledger.store import LedgerStore
 from oidc.clients import Client
 from oidc.code_flow import CodeFlow
+from oidc.dpop import ALGS as DPOP_ALGS
 from oidc.errors import OAuthError
 from oidc.pairwise import sector_of
 from oidc.provider import OpenIDProvider
@@ -84,18 +86,17 @@ class TokenAuthenticator:
     def __init__(self, app: FastAPI) -> None:
         self._app = app
 
-    async def authenticate(self, authorization: str | None) -> Caller:
+    async def authenticate(
+        self, authorization: str | None, presented: Presented | None = None
+    ) -> Caller:
         scheme, _, token = (authorization or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("a bearer access token is required")
+        scheme, token = scheme.lower(), token.strip()
+        if scheme not in ("bearer", "dpop") or not token:
+            raise Unauthenticated("a Bearer or DPoP access token is required")
         provider: OpenIDProvider = self._app.state.oidc
         try:
             claims = provider.verifier.verify(token)
-            if "cnf" in claims.extra:
-                # RFC 9449 §7.2: a DPoP-bound token is never accepted as a bearer token, and
-                # this API does not take DPoP proofs yet.
-                raise Unauthenticated("DPoP-bound access tokens are not accepted here")
+            await self._check_binding(provider, scheme, token, claims.extra, presented)
             if await run_in_threadpool(provider.revocations.is_revoked, claims.jti):
                 raise Unauthenticated("access token is not valid")
             if claims.sub == claims.client_id:
@@ -108,6 +109,38 @@ class TokenAuthenticator:
         if pseudonym is None:
             raise Unauthenticated("access token is not valid")
         return Caller(scopes=claims.scope, pseudonym=pseudonym)
+
+    async def _check_binding(
+        self,
+        provider: OpenIDProvider,
+        scheme: str,
+        token: str,
+        extra: Mapping[str, Any],
+        presented: Presented | None,
+    ) -> None:
+        """RFC 9449 §7: a DPoP-bound token is accepted only with the DPoP scheme and a proof
+        made with its key for this request (``htm``, ``htu``, ``ath``, fresh ``jti``); an
+        unbound token is never sent as DPoP."""
+        bound = (extra.get("cnf") or {}).get("jkt")
+        if bound is None:
+            if scheme == "dpop":
+                raise Unauthenticated("this access token is not DPoP-bound")
+            return
+        if scheme != "dpop" or presented is None or presented.dpop is None:
+            raise Unauthenticated(
+                "this access token is DPoP-bound: use the DPoP scheme and a proof"
+            )
+        verifier = provider.token_endpoint.dpop
+        if verifier is None:  # pragma: no cover - the provider always verifies DPoP
+            raise Unauthenticated("DPoP proofs cannot be checked")
+        jkt = await verifier.check(
+            presented.dpop,
+            method=presented.method,
+            url=provider.issuer + presented.path,
+            access_token=token,
+        )
+        if jkt != bound:
+            raise Unauthenticated("the DPoP proof is not made with the token's key")
 
     def _pseudonym(self, account_id: str) -> str | None:
         engine: sa.Engine = self._app.state.runtime.identity_engine
@@ -185,7 +218,11 @@ def mount_ledger(app: FastAPI) -> None:
     async def on_unauthenticated(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LedgerError)
         response = ledger_problem(request, exc)
-        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        # RFC 6750 §3 and RFC 9449 §7.1: both schemes this API accepts.
+        algs = " ".join(DPOP_ALGS)
+        response.headers["WWW-Authenticate"] = (
+            f'Bearer error="invalid_token", DPoP error="invalid_token", algs="{algs}"'
+        )
         return response
 
     app.add_exception_handler(Unauthenticated, on_unauthenticated)

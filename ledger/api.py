@@ -92,10 +92,12 @@ __all__ = [
     "InvalidAct",
     "InvalidParameter",
     "LedgerService",
+    "Presented",
     "SubjectDirectory",
     "Unauthenticated",
     "UnknownSubject",
     "ledger_router",
+    "presented",
 ]
 
 MAX_BATCH = 500
@@ -154,10 +156,28 @@ class Caller:
     pseudonym: str | None = None
 
 
+@dataclass(frozen=True)
+class Presented:
+    """What a sender-constrained token is checked against (RFC 9449): the request's method and
+    path, and its ``DPoP`` proof header if any."""
+
+    method: str
+    path: str
+    dpop: str | None
+
+
 class Authenticator(Protocol):
-    async def authenticate(self, authorization: str | None) -> Caller:
-        """The caller of an ``Authorization`` header; raises :class:`Unauthenticated`."""
+    async def authenticate(
+        self, authorization: str | None, presented: Presented | None = None
+    ) -> Caller:
+        """The caller of an ``Authorization`` header (``Bearer`` or, with a proof, ``DPoP``);
+        raises :class:`Unauthenticated`."""
         ...
+
+
+def presented(request: Request) -> Presented:
+    """The request as a DPoP proof must name it."""
+    return Presented(request.method, request.url.path, request.headers.get("dpop"))
 
 
 class SubjectDirectory(Protocol):
@@ -498,7 +518,7 @@ def _service(request: Request) -> LedgerService:
 
 
 async def _caller(request: Request, authorization: str | None, scope: str) -> Caller:
-    caller = await _service(request).authenticator.authenticate(authorization)
+    caller = await _service(request).authenticator.authenticate(authorization, presented(request))
     if scope not in caller.scopes:
         raise InsufficientScope(f"the access token lacks the scope {scope!r}")
     return caller

@@ -34,7 +34,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ledger.api import Caller, InsufficientScope, InvalidParameter, LedgerService
+from ledger.api import Caller, InsufficientScope, InvalidParameter, LedgerService, presented
 from ledger.coins import Coin, CoinError, b64decode, b64encode, hex_id
 from ledger.mint import MalformedCoinRequest, Mint, PaidCoin
 
@@ -55,7 +55,7 @@ def _mint(request: Request) -> Mint:
 
 async def _caller(request: Request, authorization: str | None, scope: str) -> Caller:
     service: LedgerService = request.app.state.ledger
-    caller = await service.authenticator.authenticate(authorization)
+    caller = await service.authenticator.authenticate(authorization, presented(request))
     if scope not in caller.scopes:
         raise InsufficientScope(f"the access token lacks the scope {scope!r}")
     return caller

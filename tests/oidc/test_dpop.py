@@ -144,13 +144,33 @@ def test_client_credentials_bound_to_a_key(provider: Provider) -> None:
     )
     assert replayed.status_code == 400
     assert replayed.json()["error"] == "invalid_dpop_proof"
-    # The ledger API takes bearer tokens only: a bound token is refused there, not downgraded.
-    acts = httpx.post(
-        provider.url + "/v1/acts",
-        json={"acts": []},
-        headers={"Authorization": f"Bearer {first.json()['access_token']}"},
+    bound = first.json()["access_token"]
+    acts_url = provider.url + "/v1/acts"
+    # A bound token is never accepted as a bearer token (RFC 9449 §7.2): no downgrade.
+    as_bearer = httpx.post(
+        acts_url, json={"acts": []}, headers={"Authorization": f"Bearer {bound}"}
     )
-    assert acts.status_code == 401
+    assert as_bearer.status_code == 401
+    # With the DPoP scheme and a fresh proof for this request, the ledger API takes it.
+    ath = access_token_hash(bound)
+
+    def acts(proof_value: str, token: str = bound) -> httpx.Response:
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof_value}
+        return httpx.post(acts_url, json={"acts": []}, headers=headers)
+
+    good = http_proof(key, "POST", acts_url, ath=ath)
+    assert acts(good).status_code == 422  # authenticated; the empty batch is what is refused
+    assert acts(good).status_code == 401  # the same proof again: replayed
+    assert acts(http_proof(key, "POST", provider.url + "/v1/deposits", ath=ath)).status_code == 401
+    assert acts(http_proof(key, "GET", acts_url, ath=ath)).status_code == 401
+    assert acts(http_proof(key, "POST", acts_url)).status_code == 401  # no ath
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert acts(http_proof(other, "POST", acts_url, ath=ath)).status_code == 401
+    # An unbound token sent with the DPoP scheme is refused too.
+    plain = httpx.post(provider.token_url, data=data, auth=("dpop-partner", secret)).json()
+    unbound = plain["access_token"]
+    proof_unbound = http_proof(key, "POST", acts_url, ath=access_token_hash(unbound))
+    assert acts(proof_unbound, unbound).status_code == 401
 
 
 def test_code_flow_with_dpop(provider: Provider) -> None:
