@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -152,10 +153,19 @@ class TokenAuthenticator:
 
 
 class PartnerSubjects:
-    """A partner's pairwise subjects -> ledger pseudonyms, through ``partner_subject``."""
+    """A partner's pairwise subjects -> ledger pseudonyms, through ``partner_subject``.
 
-    def __init__(self, app: FastAPI) -> None:
+    Found mappings are kept in memory for ``ttl`` seconds (a mapping never changes; an account
+    deleted meanwhile may still be credited for that long, and the ledger holds pseudonyms
+    only), so a partner posting acts one by one costs one database read per citizen a minute,
+    not one per act. Unknown subjects are not cached: a citizen's first sign-in counts at once.
+    """
+
+    def __init__(self, app: FastAPI, *, ttl: float = 60.0, size: int = 100_000) -> None:
         self._app = app
+        self._ttl = ttl
+        self._size = size
+        self._known: dict[tuple[str, bytes], tuple[str, float]] = {}
 
     async def pseudonyms(self, partner: str, subjects: Sequence[str]) -> Mapping[str, str]:
         provider: OpenIDProvider = self._app.state.oidc
@@ -163,20 +173,37 @@ class PartnerSubjects:
         if client is None:
             return {}
         sector = sector_of(client)
-        by_hash = {_sub_hash(sub): sub for sub in subjects}
+        now = time.monotonic()
+        found: dict[str, str] = {}
+        missing: dict[bytes, str] = {}
+        for sub in subjects:
+            digest = _sub_hash(sub)
+            cached = self._known.get((sector, digest))
+            if cached is not None and cached[1] > now:
+                found[sub] = cached[0]
+            else:
+                missing[digest] = sub
+        if not missing:
+            return found
         engine: sa.Engine = self._app.state.runtime.identity_engine
 
-        def read() -> dict[str, str]:
+        def read() -> list[tuple[bytes, str]]:
             p = partner_subject
             with engine.connect() as conn:
                 rows = conn.execute(
                     sa.select(p.c.sub_hash, _account.c.ledger_pseudonym)
                     .join(_account, _account.c.id == p.c.account_id)
-                    .where(p.c.sector == sector, p.c.sub_hash.in_(sorted(by_hash)))
+                    .where(p.c.sector == sector, p.c.sub_hash.in_(sorted(missing)))
                 ).all()
-            return {by_hash[bytes(row[0])]: str(row[1]) for row in rows}
+            return [(bytes(row[0]), str(row[1])) for row in rows]
 
-        return await run_in_threadpool(read)
+        rows = await run_in_threadpool(read)
+        if len(self._known) + len(rows) > self._size:
+            self._known.clear()
+        for digest, pseudonym in rows:
+            found[missing[digest]] = pseudonym
+            self._known[sector, digest] = (pseudonym, now + self._ttl)
+        return found
 
 
 def _remember(engine: sa.Engine, sector: str, sub: str, account_id: str, now: datetime) -> None:
