@@ -6,9 +6,10 @@
 #
 # Our server runs as in production: NICECARD_MODE=production, PostgreSQL (a fresh database,
 # dropped afterwards), `nicecard db upgrade`, `nicecard keys init`, `nicecard serve` with
-# NICECARD_WORKERS processes. Clients: `bench` (client_secret_basic, registered with
-# `nicecard clients add`, its generated secret handed to bench.sh) and `bench-jwt`
-# (private_key_jwt ES256, from a clients file, with the public key the peer harness wrote).
+# NICECARD_WORKERS processes (each on its own SO_REUSEPORT socket: identity/serving.py).
+# Clients: `bench` (client_secret_basic, registered with `nicecard clients add`, its generated
+# secret handed to bench.sh) and `bench-jwt` (private_key_jwt ES256, from a clients file, with
+# the public key the peer harness wrote).
 #
 # Knobs (defaults in brackets): PEER [1] (also measure node-oidc-provider first), PEER_DIR
 # [../shared/bench/peer-oidc], PG_URL [postgresql://postgres@127.0.0.1:5432/postgres],
@@ -113,11 +114,19 @@ SECRET=$("$NICECARD" clients add bench --auth-method client_secret_basic --scope
 "$NICECARD" serve >"$WORK/server.log" 2>&1 &
 SERVER=$!
 wait_for "http://127.0.0.1:$PORT/readyz"
-PIDS="$SERVER $(pgrep -P "$SERVER" | tr '\n' ' ')"
+PIDS="$SERVER $({ pgrep -P "$SERVER" || true; } | tr '\n' ' ')"
+cpu_seconds() { # "pid:seconds" of user+system CPU for each of our processes
+  local p hz; hz=$(getconf CLK_TCK)
+  for p in $PIDS; do awk -v p="$p" -v hz="$hz" '{printf "%s:%.1f ", p, ($14+$15)/hz}' "/proc/$p/stat"; done
+}
 echo "## ours: nicecard serve, production, PostgreSQL, $WORKERS workers, log level $LOG_LEVEL"
+CPU_BEFORE=$(cpu_seconds)
 SERVER_PID=$PIDS TOKEN_URL=http://127.0.0.1:$PORT/token JWKS_URL=http://127.0.0.1:$PORT/jwks \
   ASSERTION_AUD=issuer JWT_KEY=$HARNESS/keys/bench-jwt.private.jwk.json \
   "$HARNESS/bench.sh" "http://127.0.0.1:$PORT" bench "$SECRET" | tee "$WORK/ours.txt"
+# Each worker's share of the work (the supervisor and multiprocessing's resource tracker idle):
+# with one socket per worker both should be busy, not one doing everything.
+echo "# CPU seconds per process (pid:before -> pid:after): $CPU_BEFORE-> $(cpu_seconds)"
 
 # ---- ratios ---------------------------------------------------------------------------------
 median() { awk -v k="$2" '/^# medians/{m=1; next} m && $1==k {print $2}' "$1"; }

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from identity import migrate
+from identity import migrate, serving
 from identity.cli_catalogue import catalogue_app
 from identity.cli_clients import clients_app
 from identity.cli_coins import statements_command
@@ -70,25 +70,33 @@ def _runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 def _serve(settings: Settings, reload: bool = False) -> None:
+    """uvicorn with ``settings.workers`` processes, each on its own listening socket
+    (:mod:`identity.serving`); ``reload`` (development) goes through uvicorn's reloader."""
     configure_logging(settings.log_level)
-    uvicorn.run(
-        "identity.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        log_config=uvicorn_log_config(settings.log_level),
-        access_log=False,
-        server_header=False,
-        reload=reload,
-    )
+    target = "identity.app:app_from_environment"
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "log_config": uvicorn_log_config(settings.log_level),
+        "access_log": False,
+        "server_header": False,
+    }
+    if reload:
+        uvicorn.run(target, reload=True, **options)
+        return
+    code = serving.run(uvicorn.Config(target, **options))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
 def serve() -> None:
-    """Run the service with the settings from the environment (uvicorn, N workers)."""
+    """Run the service with the settings from the environment (uvicorn, NICECARD_WORKERS
+    processes, each with its own listening socket)."""
     _serve(_settings())
 
 

@@ -6,7 +6,8 @@ Methods (RFC 6749 §2.3, RFC 7591 §2, OpenID Connect Core §9):
 - ``client_secret_post``: ``client_id`` and ``client_secret`` in the body (RFC 6749 §2.3.1);
 - ``private_key_jwt``: a JWT signed with the client's key (RFC 7523 §2.2, §3), verified with
   pyjwt; the key is picked by ``kid`` from the registered ``jwks`` or from ``jwks_uri``
-  (fetched, cached, fetched again once when a ``kid`` is unknown); ``alg`` from an allow-list
+  (fetched, cached, fetched again once when a ``kid`` is unknown), or is the only registered
+  key the client can use when the request names the client; ``alg`` from an allow-list
   (ES256, PS256, RS256: never ``none`` or HMAC); ``aud`` the issuer or the token endpoint;
   ``exp`` required and at most :data:`MAX_ASSERTION_LIFETIME` ahead; each ``jti`` accepted
   once, across every server process (the replay store inserts it under a unique key);
@@ -191,6 +192,9 @@ def _parse_jwks(jwks: Mapping[str, Any]) -> list[_Jwk]:
     return parsed
 
 
+_NO_MATCHING_KEY = "no registered key of the client matches the assertion's kid and alg"
+
+
 def _select(keys: list[_Jwk], kid: str | None, alg: str) -> PublicKey | None:
     candidates = [k for k in keys if k.fits(alg) and (kid is None or k.kid == kid)]
     return candidates[0].key if len(candidates) == 1 else None
@@ -238,20 +242,40 @@ class ClientKeys:
 
     async def key(self, client: Client, kid: str | None, alg: str) -> PublicKey:
         if client.jwks is not None:
-            cached = self._inline.get(client.client_id)
-            if cached is None or cached[0] is not client.jwks:
-                cached = (client.jwks, _parse_jwks(client.jwks))
-                self._inline[client.client_id] = cached
-            key = _select(cached[1], kid, alg)
+            key = _select(self._registered(client.client_id, client.jwks), kid, alg)
         elif client.jwks_uri is not None:
             key = await self._remote_key(client.jwks_uri, kid, alg)
         else:
             key = None
         if key is None:
-            raise InvalidClient(
-                "no registered key of the client matches the assertion's kid and alg"
-            )
+            raise InvalidClient(_NO_MATCHING_KEY)
         return key
+
+    def only_key(self, client: Client, algs: Collection[str]) -> tuple[str, _Jwk] | None:
+        """The one ``(alg, key)`` the client's assertions can use, when its registered ``jwks``
+        leave exactly one with ``algs`` (then the assertion's header does not pick the key)."""
+        if client.jwks is None:
+            return None
+        usable = [
+            (alg, jwk)
+            for jwk in self._registered(client.client_id, client.jwks)
+            for alg in algs
+            if jwk.fits(alg)
+        ]
+        return usable[0] if len(usable) == 1 else None
+
+    def _registered(self, client_id: str, jwks: Mapping[str, Any]) -> list[_Jwk]:
+        """The parsed keys of a registered JWK Set. The client directory hands out a new
+        record every few seconds; the keys are parsed again only when the set differs."""
+        cached = self._inline.get(client_id)
+        if cached is not None and cached[0] is jwks:
+            return cached[1]
+        if cached is not None and cached[0] == jwks:
+            cached = (jwks, cached[1])  # the same set in a newer record
+        else:
+            cached = (jwks, _parse_jwks(jwks))
+        self._inline[client_id] = cached
+        return cached[1]
 
     async def _remote_key(self, uri: str, kid: str | None, alg: str) -> PublicKey | None:
         now = self._monotonic()
@@ -278,6 +302,14 @@ class ClientKeys:
 # -- the authenticator ------------------------------------------------------------------------
 
 _UNVERIFIED = PyJWS(options={"verify_signature": False})
+
+
+def _assertion_algs(client: Client) -> tuple[str, ...]:
+    """The algs the client's assertions may use: the allow-list, narrowed by its profile and
+    by the alg it registered."""
+    allowed = client.allowed_algs(ASSERTION_ALGS)
+    registered = client.token_endpoint_auth_signing_alg
+    return allowed if registered is None else tuple(a for a in allowed if a == registered)
 
 
 class ClientAuthenticator:
@@ -332,12 +364,27 @@ class ClientAuthenticator:
         return client
 
     async def _assertion(self, assertion: str, client_id: str | None) -> Client:
-        """RFC 7523 §3 processing rules, in order of cost: parse, find the client and its key,
-        verify the signature and claims, then record the ``jti``."""
+        """RFC 7523 §3 processing rules, in order of cost: find the client and its key, verify
+        the signature and claims, then record the ``jti``.
+
+        When the request names its client (``client_id``) and the client's registered keys
+        leave one key and one alg its assertions can use, pyjwt reads the assertion once, with
+        that key and alg. Otherwise an unverified read first finds the client (``sub``) and the
+        key (``kid``, ``alg``), then pyjwt verifies. The checks are the same either way.
+        """
         if len(assertion) > MAX_ASSERTION_LENGTH:
             raise InvalidClient("client assertion too large")
+        named = None if client_id is None else await self._directory.get(client_id)
+        if named is not None and named.token_endpoint_auth_method is AuthMethod.PRIVATE_KEY_JWT:
+            only = self._keys.only_key(named, _assertion_algs(named))
+            if only is not None:
+                alg, jwk = only
+                header, claims = self._verified(assertion, jwk.key, alg, named.client_id)
+                kid = header.get("kid")
+                if isinstance(kid, str) and kid != jwk.kid:
+                    raise InvalidClient(_NO_MATCHING_KEY)
+                return await self._accepted(named, claims)
         try:
-            # One unverified parse finds the client and its key; pyjwt verifies below.
             parsed = _UNVERIFIED.decode_complete(assertion, options={"verify_signature": False})
             header, unverified = parsed["header"], json.loads(parsed["payload"])
         except (jwt.PyJWTError, ValueError, RecursionError):
@@ -362,7 +409,11 @@ class ClientAuthenticator:
             raise InvalidClient(f"this client's assertions must use {', '.join(allowed)}")
         kid = header.get("kid")
         key = await self._keys.key(client, kid if isinstance(kid, str) else None, str(alg))
-        claims = self._verified(assertion, key, str(alg), client.client_id)
+        _, claims = self._verified(assertion, key, str(alg), client.client_id)
+        return await self._accepted(client, claims)
+
+    async def _accepted(self, client: Client, claims: Mapping[str, Any]) -> Client:
+        """The checks after the signature: FAPI 2.0's ``aud``, the times, the ``jti``."""
         if client.fapi2 and claims["aud"] != self._audiences[0]:
             raise InvalidClient("client assertion aud must be the issuer, as a string (FAPI 2.0)")
         jti, keep_until = self._fresh(claims)
@@ -372,9 +423,12 @@ class ClientAuthenticator:
             raise InvalidClient("client assertion was already used (jti replay)") from None
         return client
 
-    def _verified(self, assertion: str, key: PublicKey, alg: str, client_id: str) -> dict[str, Any]:
+    def _verified(
+        self, assertion: str, key: PublicKey, alg: str, client_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """pyjwt's verified read: the header and the claims."""
         try:
-            return jwt.decode(
+            decoded = jwt.decode_complete(
                 assertion,
                 key,
                 algorithms=[alg],
@@ -388,6 +442,8 @@ class ClientAuthenticator:
                     "verify_iat": False,
                 },
             )
+        except jwt.InvalidAlgorithmError:
+            raise InvalidClient(f"client assertion alg must be {alg} for this client") from None
         except jwt.InvalidSignatureError:
             raise InvalidClient("client assertion signature does not verify") from None
         except jwt.InvalidAudienceError:
@@ -400,8 +456,11 @@ class ClientAuthenticator:
             raise InvalidClient("client assertion sub must be the client_id") from None
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidClient(f"client assertion lacks the {exc.claim} claim") from None
+        except jwt.DecodeError:
+            raise InvalidClient("client assertion is not a signed JWT") from None
         except jwt.PyJWTError:
             raise InvalidClient("client assertion is not valid") from None
+        return decoded["header"], decoded["payload"]
 
     def _fresh(self, claims: Mapping[str, Any]) -> tuple[str, datetime]:
         """Time claims against the injected clock (RFC 7523 §3 items 4-6) and the ``jti``."""
