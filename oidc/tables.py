@@ -367,6 +367,10 @@ class AsyncPgReplayCache:
                 for digest, (_, answer) in first.items():
                     _settle(answer, digest in inserted)
         finally:
+            # Leave the writers now, in the step that found nothing pending: a done-callback
+            # runs a loop pass later, and a use() in between would see the set full, start no
+            # writer and wait for a request that may never come.
+            self._writers.discard(asyncio.current_task())
             if conn is not None:
                 self._idle.append(conn)
 

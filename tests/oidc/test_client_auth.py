@@ -443,6 +443,31 @@ def test_replay_refused_across_two_servers_sharing_postgresql(
         assert asyncio.run(race()) == [200] + [401] * 15
 
 
+@pytest.mark.postgres
+def test_sequential_assertions_never_wait_for_a_finished_writer(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """One request at a time with one writer: each use() must start a writer even when the
+    previous writer has finished but its done-callback has not run yet (it used to hang)."""
+    engine = create_engine(
+        postgres_url, make_settings(tmp_path, identity_database_url=postgres_url)
+    )
+    migrate.upgrade(migrate.Store.IDENTITY, engine)
+    cache = AsyncPgReplayCache(engine, writers=1)
+
+    async def one_at_a_time() -> None:
+        try:
+            for n in range(20):
+                when = utc_now()
+                async with asyncio.timeout(5):  # not wait_for: its extra task hides the race
+                    await cache.use("partner", f"sequential-{os.urandom(8).hex()}-{n}", when, when)
+        finally:
+            await cache.aclose()
+
+    asyncio.run(one_at_a_time())
+    engine.dispose()
+
+
 def test_replay_store_outage_is_a_clear_error() -> None:
     """A database that cannot be reached gives ReplayStoreError (503 temporarily_unavailable
     at the endpoint), never a silent acceptance."""
