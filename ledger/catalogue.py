@@ -17,8 +17,7 @@ load is version 1; loading a file whose document equals the current one appends 
 
 Caps are checked from the pseudonym's own acts in the log, not from a counter that could drift
 from it: the API hands a rule's caps to the store with the act (``ledger.store.ActCaps``), which
-counts them under the append lock, so they hold across server processes. :class:`CapCounter`
-(over :func:`acts_in_window`) counts the same way outside any transaction.
+counts them under the append lock, so they hold across server processes.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import hashlib
 import json
 import threading
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -51,7 +50,6 @@ __all__ = [
     "Catalogue",
     "CatalogueCache",
     "CatalogueError",
-    "acts_in_window",
     "current_catalogue",
     "load_catalogue",
     "parse_catalogue",
@@ -302,71 +300,3 @@ class CatalogueCache:
             if self._catalogue is None:
                 raise CatalogueError("no acts catalogue was published")
             return self._catalogue
-
-
-def _month_start(day: date) -> date:
-    return day.replace(day=1)
-
-
-def acts_in_window(
-    store: LedgerStore, pseudonym: str, occurred_at: datetime
-) -> Iterable[ActCredited]:
-    """The pseudonym's acts that happened in the UTC month of ``occurred_at``.
-
-    Reads only entries recorded since that month began (minus the allowed clock skew): an act
-    cannot be recorded before it happened, so older entries cannot fall in the window.
-    """
-    month = _month_start(occurred_at.astimezone(UTC).date())
-    since = datetime(month.year, month.month, 1, tzinfo=UTC) - FUTURE_SKEW
-    try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(entries_table.c.data).where(
-                    entries_table.c.pseudonym == pseudonym,
-                    entries_table.c.kind == int(Kind.ACT_CREDITED),
-                    entries_table.c.created_at >= since,
-                )
-            ).scalars()
-            events = [decode_entry(bytes(data)).event for data in rows]
-    except SQLAlchemyError as exc:
-        raise LedgerStoreError(f"cannot read the pseudonym's acts: {type(exc).__name__}") from exc
-    for event in events:
-        if not isinstance(event, ActCredited):
-            continue
-        when = datetime.fromtimestamp(event.occurred_at, UTC).date()
-        if _month_start(when) == month:
-            yield event
-
-
-@dataclass
-class CapCounter:
-    """Acts per (pseudonym, act type) per day and month, from the log plus a batch in progress."""
-
-    store: LedgerStore
-    _seen: dict[tuple[str, date], list[ActCredited]]
-
-    def __init__(self, store: LedgerStore) -> None:
-        self.store = store
-        self._seen = {}
-
-    def _month(self, pseudonym: str, occurred_at: datetime) -> list[ActCredited]:
-        month = _month_start(occurred_at.astimezone(UTC).date())
-        slot = (pseudonym, month)
-        if slot not in self._seen:
-            self._seen[slot] = list(acts_in_window(self.store, pseudonym, occurred_at))
-        return self._seen[slot]
-
-    def check(self, rule: ActRule, pseudonym: str, occurred_at: datetime) -> None:
-        """Raise :class:`CapExceeded` if one more act would pass a cap."""
-        acts = [a for a in self._month(pseudonym, occurred_at) if a.act_type == rule.act_type]
-        day = occurred_at.astimezone(UTC).date()
-        today = sum(1 for a in acts if datetime.fromtimestamp(a.occurred_at, UTC).date() == day)
-        if today >= rule.max_per_day:
-            raise CapExceeded(f"{rule.act_type}: at most {rule.max_per_day} per day")
-        if len(acts) >= rule.max_per_month:
-            raise CapExceeded(f"{rule.act_type}: at most {rule.max_per_month} per month")
-
-    def add(self, event: ActCredited) -> None:
-        """Count an act the batch is about to append."""
-        when = datetime.fromtimestamp(event.occurred_at, UTC)
-        self._month(event.pseudonym, when).append(event)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,6 @@ from ledger.catalogue import (
     ActNotAllowed,
     ActOutsideValidity,
     ActTypeUnknown,
-    CapCounter,
-    CapExceeded,
     CatalogueCache,
     CatalogueError,
     current_catalogue,
@@ -23,7 +21,7 @@ from ledger.catalogue import (
     parse_catalogue,
     publish_catalogue,
 )
-from ledger.entries import ActCredited, CatalogueChanged
+from ledger.entries import CatalogueChanged
 from ledger.store import LedgerStore
 from tests.ledger.test_store import ledger_engine
 
@@ -121,30 +119,3 @@ def test_every_change_is_a_ledger_entry(store: LedgerStore) -> None:
     current = current_catalogue(store)
     assert current is not None
     assert current.version == 2
-
-
-def test_caps_count_the_log_and_the_batch(store: LedgerStore) -> None:
-    catalogue = parse_catalogue({"acts": {"tram_ride": {**RULE, "valid_from": None}}}, 1)
-    rule = catalogue.rule("tram_ride")
-    who = "ab" * 16
-    now = datetime.now(UTC).replace(microsecond=0)
-    start = datetime.combine(date(now.year, now.month, 1), datetime.min.time(), UTC)
-
-    def ride(when: datetime, n: int) -> ActCredited:
-        return ActCredited(
-            who, "transit", "tram_ride", 2, 1, int(when.timestamp()), bytes([n]) * 32
-        )
-
-    store.append(ride(start, 1))
-    caps = CapCounter(store)
-    caps.check(rule, who, start)  # one of two today
-    caps.add(ride(start, 2))
-    with pytest.raises(CapExceeded, match="per day"):
-        caps.check(rule, who, start)
-    later = start + timedelta(days=1)
-    caps.check(rule, who, later)
-    caps.add(ride(later, 3))
-    with pytest.raises(CapExceeded, match="per month"):
-        caps.check(rule, who, start + timedelta(days=2))
-    # another pseudonym has its own caps
-    CapCounter(store).check(rule, "cd" * 16, start)
