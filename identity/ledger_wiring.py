@@ -97,7 +97,16 @@ class TokenAuthenticator:
         provider: OpenIDProvider = self._app.state.oidc
         try:
             claims = provider.verifier.verify(token)
-            await self._check_binding(provider, scheme, token, claims.extra, presented)
+            verifier = provider.token_endpoint.dpop
+            assert verifier is not None  # the provider always verifies DPoP
+            await verifier.check_bound(
+                scheme=scheme,
+                token=token,
+                bound=(claims.extra.get("cnf") or {}).get("jkt"),
+                proof=presented.dpop if presented else None,
+                method=presented.method if presented else "",
+                url=provider.issuer + (presented.path if presented else ""),
+            )
             if await run_in_threadpool(provider.revocations.is_revoked, claims.jti):
                 raise Unauthenticated("access token is not valid")
             if claims.sub == claims.client_id:
@@ -110,38 +119,6 @@ class TokenAuthenticator:
         if pseudonym is None:
             raise Unauthenticated("access token is not valid")
         return Caller(scopes=claims.scope, pseudonym=pseudonym)
-
-    async def _check_binding(
-        self,
-        provider: OpenIDProvider,
-        scheme: str,
-        token: str,
-        extra: Mapping[str, Any],
-        presented: Presented | None,
-    ) -> None:
-        """RFC 9449 §7: a DPoP-bound token is accepted only with the DPoP scheme and a proof
-        made with its key for this request (``htm``, ``htu``, ``ath``, fresh ``jti``); an
-        unbound token is never sent as DPoP."""
-        bound = (extra.get("cnf") or {}).get("jkt")
-        if bound is None:
-            if scheme == "dpop":
-                raise Unauthenticated("this access token is not DPoP-bound")
-            return
-        if scheme != "dpop" or presented is None or presented.dpop is None:
-            raise Unauthenticated(
-                "this access token is DPoP-bound: use the DPoP scheme and a proof"
-            )
-        verifier = provider.token_endpoint.dpop
-        if verifier is None:  # pragma: no cover - the provider always verifies DPoP
-            raise Unauthenticated("DPoP proofs cannot be checked")
-        jkt = await verifier.check(
-            presented.dpop,
-            method=presented.method,
-            url=provider.issuer + presented.path,
-            access_token=token,
-        )
-        if jkt != bound:
-            raise Unauthenticated("the DPoP proof is not made with the token's key")
 
     def _pseudonym(self, account_id: str) -> str | None:
         engine: sa.Engine = self._app.state.runtime.identity_engine

@@ -333,23 +333,18 @@ def _access_token(request: Request, form: Mapping[str, Any] | None) -> tuple[str
 async def _check_binding(
     request: Request, scheme: str, token: str, claims: Any, client: Client | None
 ) -> None:
-    """RFC 9449 §7: a bound token needs the DPoP scheme and a proof by its key (with ``ath``);
-    an unbound one must not be sent as DPoP. A FAPI 2.0 client's proofs are PS256 or ES256."""
-    bound = (claims.extra.get("cnf") or {}).get("jkt")
-    if bound is None:
-        if scheme == "dpop":
-            raise InvalidToken("this access token is not DPoP-bound")
-        return
-    proof = request.headers.get("dpop")
-    if scheme != "dpop" or proof is None:
-        raise InvalidToken("this access token is DPoP-bound: use the DPoP scheme and a proof")
+    """RFC 9449 §7 at /userinfo; a FAPI 2.0 client's proofs are PS256 or ES256."""
     verifier = _flow(request).provider.token_endpoint.dpop
     assert verifier is not None
-    url = _flow(request).provider.issuer + "/userinfo"
-    algs = client.allowed_algs(DPOP_ALGS) if client is not None else DPOP_ALGS
-    jkt = await verifier.check(proof, method=request.method, url=url, access_token=token, algs=algs)
-    if jkt != bound:
-        raise InvalidToken("the DPoP proof is not made with the token's key")
+    await verifier.check_bound(
+        scheme=scheme,
+        token=token,
+        bound=(claims.extra.get("cnf") or {}).get("jkt"),
+        proof=request.headers.get("dpop"),
+        method=request.method,
+        url=_flow(request).provider.issuer + "/userinfo",
+        algs=client.allowed_algs(DPOP_ALGS) if client is not None else DPOP_ALGS,
+    )
 
 
 #: Client authentication parameters: not part of the pushed authorization request.

@@ -24,7 +24,7 @@ import jwt
 from starlette.concurrency import run_in_threadpool
 
 from keys.keyring import Clock
-from oidc.errors import InvalidDPoPProof
+from oidc.errors import InvalidDPoPProof, InvalidToken
 from oidc.tables import ReplayedAssertion, SqlReplayCache
 
 ALGS = ("ES256", "PS256", "RS256")
@@ -158,3 +158,28 @@ class DPoPVerifier:
                 algs=algs,
             )
         )
+
+    async def check_bound(
+        self,
+        *,
+        scheme: str,
+        token: str,
+        bound: str | None,
+        proof: str | None,
+        method: str,
+        url: str,
+        algs: Collection[str] = ALGS,
+    ) -> None:
+        """RFC 9449 §7 at a resource server: a token bound to the key thumbprint ``bound``
+        needs the ``DPoP`` scheme and a proof made with that key for this request (with
+        ``ath``); an unbound token must not be sent with the ``DPoP`` scheme. Raises
+        :class:`~oidc.errors.InvalidToken` (or :class:`InvalidDPoPProof` for a bad proof)."""
+        if bound is None:
+            if scheme == "dpop":
+                raise InvalidToken("this access token is not DPoP-bound")
+            return
+        if scheme != "dpop" or proof is None:
+            raise InvalidToken("this access token is DPoP-bound: use the DPoP scheme and a proof")
+        jkt = await self.check(proof, method=method, url=url, access_token=token, algs=algs)
+        if jkt != bound:
+            raise InvalidToken("the DPoP proof is not made with the token's key")
