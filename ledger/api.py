@@ -96,6 +96,7 @@ __all__ = [
     "SubjectDirectory",
     "Unauthenticated",
     "UnknownSubject",
+    "caller_with",
     "ledger_router",
     "presented",
 ]
@@ -517,7 +518,9 @@ def _service(request: Request) -> LedgerService:
     return service
 
 
-async def _caller(request: Request, authorization: str | None, scope: str) -> Caller:
+async def caller_with(request: Request, authorization: str | None, scope: str) -> Caller:
+    """The authenticated caller, who must hold ``scope`` (raises Unauthenticated or
+    InsufficientScope)."""
     caller = await _service(request).authenticator.authenticate(authorization, presented(request))
     if scope not in caller.scopes:
         raise InsufficientScope(f"the access token lacks the scope {scope!r}")
@@ -543,7 +546,7 @@ AuthorizationHeader = Annotated[str | None, Header()]
 async def post_acts(request: Request) -> Response:
     """``POST /v1/acts``: a plain Starlette route, as the partners' hot path (FastAPI's
     dependency solving costs more per request than recording an act; it is not in OpenAPI)."""
-    caller = await _caller(request, request.headers.get("authorization"), ACTS_WRITE)
+    caller = await caller_with(request, request.headers.get("authorization"), ACTS_WRITE)
     if caller.partner is None:
         raise InsufficientScope("only a partner's client-credentials token may record acts")
     partner = caller.partner
@@ -572,7 +575,7 @@ async def post_acts(request: Request) -> Response:
 async def export_file(request: Request, authorization: AuthorizationHeader = None) -> Response:
     """The whole log as an export file (``ledger/export.py``), for auditors (scope ``audit``):
     entries name pseudonyms, so this is not public; ``ledger-audit verify --url`` reads it."""
-    await _caller(request, authorization, AUDIT)
+    await caller_with(request, authorization, AUDIT)
     service = _service(request)
 
     def build() -> Path:
@@ -648,7 +651,7 @@ async def tile(request: Request, path: str) -> Response:
 
 
 async def balance(request: Request, authorization: AuthorizationHeader = None) -> Response:
-    pseudonym = _citizen(await _caller(request, authorization, POINTS))
+    pseudonym = _citizen(await caller_with(request, authorization, POINTS))
     points = await run_in_threadpool(_service(request).store.balance, pseudonym)
     return JSONResponse({"points": points}, headers={"Cache-Control": "no-store"})
 
@@ -659,7 +662,7 @@ async def history(
     before: str | None = None,
     limit: str | None = None,
 ) -> Response:
-    pseudonym = _citizen(await _caller(request, authorization, POINTS))
+    pseudonym = _citizen(await caller_with(request, authorization, POINTS))
     start = None if before is None else _integer(before, "before")
     count = 50 if limit is None else min(_integer(limit, "limit", low=1), 200)
     found = await run_in_threadpool(
@@ -673,7 +676,7 @@ async def history(
 async def receipt_file(
     request: Request, index: str, authorization: AuthorizationHeader = None
 ) -> Response:
-    pseudonym = _citizen(await _caller(request, authorization, POINTS))
+    pseudonym = _citizen(await caller_with(request, authorization, POINTS))
     leaf = _integer(index, "index")
     data = await run_in_threadpool(own_receipt, _service(request), pseudonym, leaf)
     return receipt_response(data, leaf)

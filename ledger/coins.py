@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import struct
 from collections.abc import Iterable, Sequence
@@ -134,13 +135,14 @@ class Denomination:
     entry_index: int
     entry: bytes
 
-    @property
+    @functools.cached_property
     def id(self) -> bytes:
         """SHA-256 of the SubjectPublicKeyInfo (the RFC 9474 key id)."""
         return self.key.key_id()
 
-    @property
+    @functools.cached_property
     def key(self) -> BlindPublicKey:
+        """The parsed key (parsed once: deposits check every coin against it)."""
         return BlindPublicKey.from_spki(self.public_key)
 
     def announcement(self) -> DenominationAnnounced:

@@ -34,7 +34,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ledger.api import Caller, InsufficientScope, InvalidParameter, LedgerService, presented
+from ledger.api import InsufficientScope, InvalidParameter, caller_with
 from ledger.coins import Coin, CoinError, b64decode, b64encode, hex_id
 from ledger.mint import MalformedCoinRequest, Mint, PaidCoin
 
@@ -51,14 +51,6 @@ _NO_STORE = {"Cache-Control": "no-store"}
 def _mint(request: Request) -> Mint:
     mint: Mint = request.app.state.mint
     return mint
-
-
-async def _caller(request: Request, authorization: str | None, scope: str) -> Caller:
-    service: LedgerService = request.app.state.ledger
-    caller = await service.authenticator.authenticate(authorization, presented(request))
-    if scope not in caller.scopes:
-        raise InsufficientScope(f"the access token lacks the scope {scope!r}")
-    return caller
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -92,7 +84,7 @@ async def denominations(request: Request) -> JSONResponse:
 async def withdraw(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> JSONResponse:
-    caller = await _caller(request, authorization, POINTS_REDEEM)
+    caller = await caller_with(request, authorization, POINTS_REDEEM)
     if caller.pseudonym is None:
         raise InsufficientScope("only a citizen's access token may withdraw")
     body = await _body(request)
@@ -139,7 +131,7 @@ def _paid(raw: Any) -> PaidCoin:
 async def deposit(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> JSONResponse:
-    caller = await _caller(request, authorization, DEPOSITS_WRITE)
+    caller = await caller_with(request, authorization, DEPOSITS_WRITE)
     if caller.partner is None:
         raise InsufficientScope("only a partner's client-credentials token may deposit")
     body = await _body(request)
@@ -184,7 +176,7 @@ async def statements(
     end: Annotated[str | None, Query(alias="to")] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    caller = await _caller(request, authorization, DEPOSITS_WRITE)
+    caller = await caller_with(request, authorization, DEPOSITS_WRITE)
     if caller.partner is None:
         raise InsufficientScope("only a partner's client-credentials token has statements")
     first, last = _time(start, "from"), _time(end, "to")
