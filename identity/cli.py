@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +22,7 @@ from identity import migrate, serving
 from identity.cli_catalogue import catalogue_app
 from identity.cli_clients import clients_app
 from identity.cli_coins import statements_command
+from identity.cli_common import cli_settings
 from identity.cli_ledger import ledger_app
 from identity.db import create_engine
 from identity.errors import IdentityError
@@ -30,7 +30,7 @@ from identity.fcsim import create_simulator
 from identity.franceconnect.wiring import simulator_config
 from identity.observability import configure_logging, uvicorn_log_config
 from identity.runtime import REQUIRED_PURPOSES, Runtime, open_runtime
-from identity.settings import Settings, load_settings
+from identity.settings import Settings
 from keys.errors import KeysError
 from keys.model import Purpose
 
@@ -46,17 +46,6 @@ app.command("statements")(statements_command)
 
 err = Console(stderr=True)
 out = Console()
-
-
-def _settings(**overrides: object) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            prefix = f"NICECARD_{where.upper()}: " if where else ""
-            err.print(f"[red]configuration error[/red] {prefix}{error['msg']}")
-        raise typer.Exit(2) from None
 
 
 @contextmanager
@@ -97,7 +86,7 @@ def _serve(settings: Settings, reload: bool = False) -> None:
 def serve() -> None:
     """Run the service with the settings from the environment (uvicorn, NICECARD_WORKERS
     processes, each with its own listening socket)."""
-    _serve(_settings())
+    _serve(cli_settings())
 
 
 @app.command()
@@ -108,7 +97,7 @@ def dev(
     os.environ["NICECARD_MODE"] = "development"
     os.environ.setdefault("NICECARD_ISSUER", f"http://127.0.0.1:{port}")
     os.environ["NICECARD_PORT"] = str(port)
-    settings = _settings()
+    settings = cli_settings()
     out.print(f"Nice Identity Card (development) on [bold]{settings.issuer}[/bold]")
     _serve(settings)
 
@@ -122,7 +111,7 @@ def fc_sim(
     It registers this service (NICECARD_ISSUER's callback) and the clients of
     NICECARD_FC_SIMULATOR_CLIENTS_FILE; its issuer is http://127.0.0.1:PORT/api/v2.
     """
-    settings = _settings()
+    settings = cli_settings()
     if not settings.is_development:
         err.print("[red]error[/red] the FranceConnect simulator runs in development mode only")
         raise typer.Exit(2)
@@ -139,7 +128,7 @@ def fc_sim(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration to both stores (identity and ledger)."""
-    settings = _settings()
+    settings = cli_settings()
     for store, url in (
         (migrate.Store.IDENTITY, settings.identity_url),
         (migrate.Store.LEDGER, settings.ledger_url),
@@ -155,7 +144,7 @@ def db_upgrade() -> None:
 @keys_app.command("init")
 def keys_init() -> None:
     """Create an active and a next key for every purpose that lacks one."""
-    with _runtime(_settings()) as runtime:
+    with _runtime(cli_settings()) as runtime:
         created = runtime.keyring.ensure(REQUIRED_PURPOSES)
         for record in created:
             out.print(f"created {record.purpose} {record.state} {record.kid}")
@@ -166,7 +155,7 @@ def keys_init() -> None:
 @keys_app.command("list")
 def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every key: purpose, state, kid and dates (never private material)."""
-    with _runtime(_settings()) as runtime:
+    with _runtime(cli_settings()) as runtime:
         records = runtime.keyring.records()
     rows = [
         {
@@ -203,7 +192,7 @@ def keys_rotate(
     force: Annotated[bool, typer.Option(help="Also rotate purposes with stable outputs.")] = False,
 ) -> None:
     """Promote the published next key, retire the active one, publish a new next key."""
-    with _runtime(_settings()) as runtime:
+    with _runtime(cli_settings()) as runtime:
         try:
             record = runtime.keyring.rotate(purpose, force=force)
         except KeysError as exc:
@@ -215,7 +204,7 @@ def keys_rotate(
 @keys_app.command("retire")
 def keys_retire(kid: str, force: Annotated[bool, typer.Option()] = False) -> None:
     """Stop signing with an active key now; it still verifies for the overlap."""
-    with _runtime(_settings()) as runtime:
+    with _runtime(cli_settings()) as runtime:
         try:
             record = runtime.keyring.retire(kid, force=force)
         except KeysError as exc:
@@ -227,7 +216,7 @@ def keys_retire(kid: str, force: Annotated[bool, typer.Option()] = False) -> Non
 @keys_app.command("destroy")
 def keys_destroy(kid: str) -> None:
     """Erase a retired key's private half now."""
-    with _runtime(_settings()) as runtime:
+    with _runtime(cli_settings()) as runtime:
         try:
             record = runtime.keyring.destroy(kid)
         except KeysError as exc:
@@ -239,7 +228,7 @@ def keys_destroy(kid: str) -> None:
 @keys_app.command("jwks")
 def keys_jwks() -> None:
     """Print the public JWK Set."""
-    with _runtime(_settings()) as runtime:
+    with _runtime(cli_settings()) as runtime:
         sys.stdout.write(json.dumps(runtime.keyring.jwks(), indent=2) + "\n")
 
 
