@@ -4,9 +4,9 @@ The routes and the mint are the ledger's (:mod:`ledger.coins_api`, :mod:`ledger.
 module only builds the :class:`~ledger.mint.Mint` from settings when the app starts (after the
 ledger service, whose authenticator the routes use). An hourly task makes the current and next
 epochs' keys ahead of time, wipes expired private halves and logs any deposit whose coins were
-claimed but whose entry was never appended (the process stopped in between); outside
-development it runs at start too (development makes keys on first use, so a test app that
-never mints pays nothing).
+claimed but whose entry was never appended (the process stopped in between). The current
+epoch's keys are made on first use, not at start: starting a process stays cheap, and a
+start never appends to the log behind a reader's back.
 """
 
 from __future__ import annotations
@@ -61,8 +61,7 @@ def mount_coins(app: FastAPI) -> None:
                 clock=app_.state.clock,
             )
             app_.state.mint = mint
-            first = _UPKEEP_SECONDS if app_.state.settings.is_development else 0.0
-            upkeep = asyncio.create_task(_upkeep(mint, first))
+            upkeep = asyncio.create_task(_upkeep(mint, _UPKEEP_SECONDS))
             try:
                 yield state
             finally:
