@@ -15,13 +15,13 @@ partners deposit at once; every deposit is made by ``ledger.wallet.pay`` (one Ed
 permission per coin for its partner, order and amount) and every coin is paid once.
 
 After each run, once the server has finished what it accepted: the deposits recorded must all
-have receipts, ``coin_spent`` must hold exactly their coins, no double-spend evidence, no
-non-2xx answer, and the deposits recorded but not acknowledged can only be those wrk cut off
-when it stopped (at most one per connection). After the server stops, ``Mint.deposit`` is
-timed from 16 threads in this process (the library rate, no HTTP). At the end the log is
-exported and verified by :func:`ledger.audit.verify_log` (no coin deposited twice, no more
-coins of a denomination deposited than withdrawn, balances as replayed), and the coins it
-counts must equal the ``coin_spent`` rows.
+have their entry in the log, ``coin_spent`` must hold exactly their coins, no double-spend
+evidence, no non-2xx answer, and the deposits recorded but not acknowledged can only be those
+wrk cut off when it stopped (at most one per connection). After the server stops,
+``Mint.deposit`` is timed from 16 threads in this process (the library rate, no HTTP). At the
+end the log is exported and verified by :func:`ledger.audit.verify_log` (no coin deposited
+twice, no more coins of a denomination deposited than withdrawn, balances as replayed), and the
+coins it counts must equal the ``coin_spent`` rows.
 
 Printed per run: deposits/s, coins/s, p50/p99 latency, non-2xx answers, the CPU used by the
 server processes, by every PostgreSQL process and by the whole box (% of one core; the box has
@@ -45,18 +45,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from fastapi import FastAPI
 
-from identity.app import app_from_environment
 from identity.coins_wiring import mint_policy
 from identity.runtime import Runtime, open_runtime
 from identity.settings import Settings
@@ -82,10 +80,7 @@ GOAL = 1000.0  # coins/s (issue 6)
 PARTNERS = (16, 64)
 GRANT = 1000  # points credited to each provisioning citizen, withdrawn as 1-point coins
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVERS = {
-    "nicecard-serve": "nicecard serve as shipped",
-    "group-commit": "the same app, the mint appending through the ledger's group commit",
-}
+SERVERS = {"nicecard-serve": "nicecard serve as shipped"}
 COIN_FIELDS = ("denomination", "coin_pub", "randomizer", "signature")
 
 CATALOGUE = """
@@ -281,19 +276,7 @@ class Ticks:
 @contextmanager
 def serving(server: str, env: dict[str, str], port: int) -> Iterator[tuple[str, list[int]]]:
     """Start ``server`` (a key of SERVERS); yields its URL and the pids of its processes."""
-    if server == "nicecard-serve":
-        command = [str(BIN / "nicecard"), "serve"]
-    else:  # the same app and settings through uvicorn, as 'nicecard serve' runs it
-        command = [
-            str(BIN / "uvicorn"),
-            "deposits:group_commit_app",
-            "--factory",
-            f"--app-dir={Path(__file__).parent}",
-            f"--port={port}",
-            f"--workers={env['NICECARD_WORKERS']}",
-            "--log-level=warning",
-            "--no-access-log",
-        ]
+    command = [str(BIN / "nicecard"), "serve"]
     process = subprocess.Popen(command, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -320,23 +303,6 @@ def serving(server: str, env: dict[str, str], port: int) -> Iterator[tuple[str, 
         process.wait(timeout=30)
 
 
-def group_commit_app() -> FastAPI:
-    """The app ``nicecard serve`` runs, its mint appending deposits through the ledger's
-    group-commit appender (as ``POST /v1/acts`` does): what passing
-    ``appender=service.appender`` to ``Mint`` in ``identity/coins_wiring.py`` would do."""
-    app = app_from_environment()
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
-        async with inner(app_) as state:
-            app_.state.mint.appender = app_.state.ledger.appender
-            yield state
-
-    app.router.lifespan_context = lifespan
-    return app
-
-
 def wrk(url: str, seconds: int, connections: int, bodies: Path) -> dict[str, int]:
     script = bodies.with_suffix(".lua")
     script.write_text(WRK_SCRIPT)
@@ -361,7 +327,8 @@ def wrk(url: str, seconds: int, connections: int, bodies: Path) -> dict[str, int
 
 def settled(engine: sa.Engine, tag: str) -> tuple[int, int, int]:
     """Once the server finished what it accepted: deposits recorded for orders ``tag-*``,
-    those without a receipt, and their spent coins."""
+    those whose entry is not in the log (none, since they commit together), and their spent
+    coins."""
     last = None
     for _ in range(120):
         with engine.connect() as conn:
@@ -369,8 +336,9 @@ def settled(engine: sa.Engine, tag: str) -> tuple[int, int, int]:
                 conn.execute(
                     sa.text(
                         "SELECT (SELECT count(*) FROM coin_deposits WHERE order_ref LIKE :p),"
-                        " (SELECT count(*) FROM coin_deposits WHERE order_ref LIKE :p"
-                        "  AND receipt IS NULL),"
+                        " (SELECT count(*) FROM coin_deposits d WHERE order_ref LIKE :p"
+                        "  AND NOT EXISTS (SELECT 1 FROM ledger_entries e"
+                        "                  WHERE e.idx = d.entry_idx)),"
                         " (SELECT count(*) FROM coin_spent WHERE order_ref LIKE :p)"
                     ),
                     {"p": f"{tag}-%"},

@@ -2,11 +2,11 @@
 
 The routes and the mint are the ledger's (:mod:`ledger.coins_api`, :mod:`ledger.mint`); this
 module only builds the :class:`~ledger.mint.Mint` from settings when the app starts (after the
-ledger service, whose authenticator the routes use). An hourly task makes the current and next
-epochs' keys ahead of time, wipes expired private halves and logs any deposit whose coins were
-claimed but whose entry was never appended (the process stopped in between). The current
-epoch's keys are made on first use, not at start: starting a process stays cheap, and a
-start never appends to the log behind a reader's back.
+ledger service, whose authenticator the routes use, and whose group-commit appender the mint's
+appends share with the acts). An hourly task makes the current and next epochs' keys ahead of
+time and wipes expired private halves. The current epoch's keys are made on first use, not at
+start: starting a process stays cheap, and a start never appends to the log behind a reader's
+back.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def mount_coins(app: FastAPI) -> None:
                 service.origin,
                 mint_policy(app_.state.settings),
                 clock=app_.state.clock,
+                appender=service.appender,
             )
             app_.state.mint = mint
             upkeep = asyncio.create_task(_upkeep(mint, _UPKEEP_SECONDS))
@@ -80,6 +81,5 @@ async def _upkeep(mint: Mint, first: float) -> None:
         delay = _UPKEEP_SECONDS
         try:
             await run_in_threadpool(mint.ensure_denominations)
-            await run_in_threadpool(mint.finish_pending_deposits)
         except (LedgerError, KeysError) as exc:
             log.warning("denomination upkeep failed", extra={"error": type(exc).__name__})

@@ -12,7 +12,8 @@ The tree::
     ├── AppendRejected       the store refused one append (the others of its batch go on)
     │   ├── InsufficientBalance  a withdrawal would take a balance below zero
     │   ├── IdempotencyConflict  an idempotency key was reused for a different request
-    │   └── CapExceeded          an act would pass its pseudonym's daily or monthly cap
+    │   ├── CapExceeded          an act would pass its pseudonym's daily or monthly cap
+    │   └── CoinsSpent           a deposit spends a coin that was already spent
     ├── ExportError          an export file is malformed or truncated (an input error)
     └── AuditError           a log failed verification; carries self-contained evidence
         ├── TamperingDetected    entries and signed checkpoints disagree, or checkpoints fork
@@ -69,6 +70,14 @@ class IdempotencyConflict(AppendRejected):
 
 class CapExceeded(AppendRejected):
     """The pseudonym already reached its cap of this act type for that day or month."""
+
+
+class CoinsSpent(AppendRejected):
+    """A deposit spends coins already spent: ``coins`` are their public keys, sorted."""
+
+    def __init__(self, message: str, coins: list[bytes]) -> None:
+        super().__init__(message)
+        self.coins = tuple(coins)
 
 
 class ExportError(LedgerError):

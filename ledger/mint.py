@@ -1,7 +1,8 @@
 """The mint: denomination keys, withdrawals (blind signing) and deposits (spending coins).
 
 The protocol (what is signed, in which bytes) is :mod:`ledger.coins`; this module is the
-server's side of it, over the ledger store and the ``coin_*`` tables (migration ``l0002``).
+server's side of it, over the ledger store and the ``coin_*`` tables (migrations ``l0002`` and
+``l0003``).
 
 Denominations. One RSA blind-signing key per value per epoch (``MintPolicy``), created ahead of
 time (the current and the next epoch), announced in the log before first use and published with
@@ -17,10 +18,12 @@ blind signatures, from which no coin can be recomputed without the wallet's blin
 
 Deposit (a partner, by client id). Every coin is checked (denomination known and within its
 deposit window, blind signature, the coin's permission naming this partner, order and amount),
-then the coins are claimed in ``coin_spent``, whose primary key lets one deposit win any race,
-across processes; then one ledger entry records the partner, the amount and the coins, and the
-ledger signs a receipt. A replay of the same deposit returns the same receipt; a coin already
-spent for another order is refused, and the conflicting permission kept as evidence.
+then one append transaction claims the coins in ``coin_spent``, logs one entry (the partner,
+the amount and the coins) and records the order in ``coin_deposits``. Coins are judged under the
+ledger's head lock, so one deposit wins any race, across processes; the group commit shares
+that transaction among concurrent deposits and acts. The ledger then signs a receipt from the
+entry. A replay of the same deposit returns the same receipt; a coin already spent for another
+order is refused, and the conflicting permission kept as evidence.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import ParamSpec, TypeVar
+from typing import NoReturn, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -54,7 +57,6 @@ from ledger.coins import (
     StatementLine,
     b64encode,
     denominations_note,
-    read_receipt,
     receipt_note,
     statement_note,
 )
@@ -65,13 +67,26 @@ from ledger.entries import (
     SpentCoin,
     WithdrawalDebited,
 )
-from ledger.errors import IdempotencyConflict, LedgerError, LedgerStoreError
-from ledger.store import GroupCommitAppender, IdempotencyKey, LedgerStore
+from ledger.errors import (
+    AppendRejected,
+    CoinsSpent,
+    IdempotencyConflict,
+    LedgerError,
+    LedgerStoreError,
+)
+from ledger.store import (
+    Appended,
+    AppendRequest,
+    CoinSpend,
+    DepositRows,
+    GroupCommitAppender,
+    IdempotencyKey,
+    LedgerStore,
+)
 from ledger.tables import (
     denominations_table,
     deposits_table,
     double_spends_table,
-    spent_table,
     withdrawals_table,
 )
 
@@ -454,7 +469,9 @@ class Mint:
         )
         key = IdempotencyKey(_WITHDRAWALS, f"{pseudonym} {request_id}", digest)
         try:
-            appended = self.store.append(event, idempotency=key)
+            appended = self._append(AppendRequest(event, key))
+            if isinstance(appended, AppendRejected):
+                raise appended
         except LedgerError:
             try:
                 done = self.store.find_idempotent(key)
@@ -567,17 +584,72 @@ class Mint:
 
     @_store_errors
     def deposit(self, partner: str, order: str, amount: int, coins: Sequence[PaidCoin]) -> Deposit:
-        """Check and spend ``coins`` paying ``amount`` for ``order`` to ``partner``."""
+        """Check and spend ``coins`` paying ``amount`` for ``order`` to ``partner``.
+
+        The coins' claim, the ledger entry and the deposit's record go in one append
+        transaction (:class:`~ledger.store.DepositRows`), shared with concurrent appends by
+        the group commit: a deposit is logged whole or not at all. The receipt is signed from
+        the entry, so a replay, which the store answers with the first entry, gets the same
+        receipt (Ed25519 signatures are deterministic).
+        """
         if not ORDER.fullmatch(order):
             raise MalformedCoinRequest("order must be 1..128 printable ASCII characters")
         if not 1 <= len(coins) <= MAX_COINS:
             raise MalformedCoinRequest(f"a deposit holds 1..{MAX_COINS} coins")
         if len({c.coin.coin for c in coins}) != len(coins):
             raise MalformedCoinRequest("a coin appears twice in the deposit")
-        digest = _deposit_digest(partner, order, amount, coins)
-        existing = self._deposit_row(partner, order)
-        if existing is not None:
-            return self._resume(existing, digest)
+        key = IdempotencyKey(
+            _DEPOSITS, f"{partner} {order}", _deposit_digest(partner, order, amount, coins)
+        )
+        try:
+            self._check_coins(partner, order, amount, coins)
+        except (DenominationExpired, UnknownDenomination):
+            try:  # a late replay of an answered deposit still gets its receipt
+                first = self.store.find_idempotent(key)
+            except IdempotencyConflict:
+                raise RequestConflict("this order was deposited with other coins") from None
+            if first is None:
+                raise
+            return self._receipt(order, first)
+        event = CoinsDeposited(
+            partner,
+            amount,
+            _payment_request_digest(partner, order, amount),
+            tuple(
+                sorted(
+                    (SpentCoin(c.coin.denomination, c.coin.coin) for c in coins),
+                    key=lambda x: x.denomination + x.coin,
+                )
+            ),
+        )
+        rows = DepositRows(
+            order,
+            tuple(
+                CoinSpend(c.coin.coin, c.coin.denomination, c.signed_at, c.permission)
+                for c in coins
+            ),
+        )
+        outcome = self._append(AppendRequest(event, key, deposit=rows))
+        if isinstance(outcome, CoinsSpent):
+            self._double_spend(partner, order, amount, coins, set(outcome.coins))
+        if isinstance(outcome, IdempotencyConflict):
+            raise RequestConflict("this order was deposited with other coins or amount")
+        if isinstance(outcome, AppendRejected):  # pragma: no cover - no other rule applies
+            raise LedgerStoreError(f"the deposit was refused: {type(outcome).__name__}")
+        return self._receipt(order, outcome)
+
+    def _append(self, request: AppendRequest) -> Appended | AppendRejected:
+        """Append one request, sharing a transaction with concurrent appends when the mint has
+        the service's group-commit appender; raises LedgerStoreError if the database fails."""
+        if self.appender is not None:
+            (outcome,) = self.appender.submit_many([request]).result()
+        else:
+            (outcome,) = self.store.append_many([request])
+        return outcome
+
+    def _check_coins(
+        self, partner: str, order: str, amount: int, coins: Sequence[PaidCoin]
+    ) -> None:
         t = _unix(self.clock())
         total = 0
         for paid in coins:
@@ -599,76 +671,25 @@ class Mint:
             total += denomination.value
         if total != amount:
             raise AmountMismatch(f"the coins are worth {total} points, the amount is {amount}")
-        row = self._claim_coins(partner, order, amount, coins, digest)
-        if row is not None:  # claimed here: what to log is known, no need to read it back
-            return self._resume(row, digest, [(c.coin.denomination, c.coin.coin) for c in coins])
-        row = self._deposit_row(partner, order)
-        assert row is not None
-        return self._resume(row, digest)
 
-    @_store_errors
-    def finish_pending_deposits(self, older_than: timedelta = timedelta(minutes=1)) -> int:
-        """Log and sign the deposits whose coins were claimed but whose entry was never
-        appended (the process stopped in between); returns how many were finished. A partner's
-        retry finishes its deposit too; this sweep makes sure no claimed coin stays unlogged."""
-        d = deposits_table
-        cutoff = self.clock() - older_than
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(d).where(d.c.receipt.is_(None), d.c.created_at < cutoff)
-            ).all()
-        for row in rows:
-            self._resume(row, bytes(row.request_digest))
-        return len(rows)
-
-    def _deposit_row(self, partner: str, order: str) -> sa.Row[tuple[object, ...]] | None:
-        d = deposits_table
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(d).where(d.c.partner == partner, d.c.order_ref == order)
-            ).first()
-
-    def _claim_coins(
-        self, partner: str, order: str, amount: int, coins: Sequence[PaidCoin], digest: bytes
-    ) -> sa.Row[tuple[object, ...]] | None:
-        """The deposit's row as claimed, or None if the same order was claimed concurrently."""
-        now = self.clock()
-        try:
-            with self.engine.begin() as conn:
-                row = conn.execute(
-                    deposits_table.insert()
-                    .returning(*deposits_table.c)
-                    .values(
-                        partner=partner,
-                        order_ref=order,
-                        request_digest=digest,
-                        points=amount,
-                        coins=len(coins),
-                        created_at=now,
-                    )
-                ).one()
-                conn.execute(
-                    spent_table.insert(),
-                    [
-                        {
-                            "coin": c.coin.coin,
-                            "denomination": c.coin.denomination,
-                            "partner": partner,
-                            "order_ref": order,
-                            "signed_at": c.signed_at,
-                            "permission": c.permission,
-                            "created_at": now,
-                        }
-                        # One order for every claim, so two deposits sharing coins wait on
-                        # each other instead of deadlocking (PostgreSQL then aborts one: 500).
-                        for c in sorted(coins, key=lambda c: c.coin.coin)
-                    ],
-                )
-        except IntegrityError:
-            if self._deposit_row(partner, order) is not None:
-                return None  # the same order was claimed concurrently: resume it
-            self._double_spend(partner, order, amount, coins, now)
-        return row
+    def _receipt(self, order: str, appended: Appended) -> Deposit:
+        """The signed receipt of a logged deposit, made from its entry."""
+        event = appended.entry.event
+        if not isinstance(event, CoinsDeposited):  # pragma: no cover - keys are per deposit
+            raise LedgerStoreError("a deposit's idempotency key names another kind of entry")
+        receipt = DepositReceipt(
+            event.partner,
+            order,
+            event.points,
+            len(event.coins),
+            appended.index,
+            appended.leaf_hash,
+            appended.entry.recorded_at,
+        )
+        _, signer = checkpoint_signer(self.keyring, self.origin)
+        return Deposit(
+            receipt, receipt_note(self.origin, receipt, signer), replayed=appended.replayed
+        )
 
     def _double_spend(
         self,
@@ -676,97 +697,31 @@ class Mint:
         order: str,
         amount: int,
         coins: Sequence[PaidCoin],
-        now: datetime,
-    ) -> None:
-        s = spent_table
+        spent: set[bytes],
+    ) -> NoReturn:
+        """Keep the permissions of ``coins`` that were ``spent`` before as evidence, and refuse."""
+        now = self.clock()
+        conflicting = [c for c in coins if c.coin.coin in spent]
         with self.engine.begin() as conn:
-            spent = {
-                bytes(row.coin)
-                for row in conn.execute(
-                    sa.select(s.c.coin).where(s.c.coin.in_([c.coin.coin for c in coins]))
-                )
-            }
-            conflicting = [c for c in coins if c.coin.coin in spent]
-            if conflicting:
-                conn.execute(
-                    double_spends_table.insert(),
-                    [
-                        {
-                            "coin": c.coin.coin,
-                            "denomination": c.coin.denomination,
-                            "partner": partner,
-                            "order_ref": order,
-                            "amount": amount,
-                            "signed_at": c.signed_at,
-                            "permission": c.permission,
-                            "created_at": now,
-                        }
-                        for c in conflicting
-                    ],
-                )
-        if not conflicting:  # pragma: no cover - a conflict that vanished: let the caller retry
-            raise LedgerStoreError("the deposit conflicted; retry it")
+            conn.execute(
+                double_spends_table.insert(),
+                [
+                    {
+                        "coin": c.coin.coin,
+                        "denomination": c.coin.denomination,
+                        "partner": partner,
+                        "order_ref": order,
+                        "amount": amount,
+                        "signed_at": c.signed_at,
+                        "permission": c.permission,
+                        "created_at": now,
+                    }
+                    for c in conflicting
+                ],
+            )
         raise CoinAlreadySpent(
             "a coin was already spent", [b64encode(c.coin.coin) for c in conflicting]
         )
-
-    def _resume(
-        self,
-        row: sa.Row[tuple[object, ...]],
-        digest: bytes,
-        spent: Sequence[tuple[bytes, bytes]] | None = None,
-    ) -> Deposit:
-        """Answer a claimed deposit: append its entry and sign its receipt if not done yet.
-        ``spent`` is its ``(denomination, coin)`` pairs when known (read otherwise)."""
-        partner, order = str(row.partner), str(row.order_ref)
-        if bytes(row.request_digest) != digest:
-            raise RequestConflict("this order was deposited with other coins or amount")
-        if row.receipt is not None:
-            note = bytes(row.receipt).decode()
-            return Deposit(read_receipt(note, self.origin), note, replayed=True)
-        if spent is None:
-            s = spent_table
-            with self.engine.connect() as conn:
-                spent = conn.execute(
-                    sa.select(s.c.denomination, s.c.coin).where(
-                        s.c.partner == partner, s.c.order_ref == order
-                    )
-                ).all()
-        event = CoinsDeposited(
-            partner,
-            int(row.points),
-            _payment_request_digest(partner, order, int(row.points)),
-            tuple(
-                sorted(
-                    (SpentCoin(bytes(d), bytes(c)) for d, c in spent),
-                    key=lambda x: x.denomination + x.coin,
-                )
-            ),
-        )
-        key = IdempotencyKey(_DEPOSITS, f"{partner} {order}", digest)
-        try:
-            appended = (self.appender or self.store).append(event, idempotency=key)
-        except IdempotencyConflict:  # pragma: no cover - the row's digest was checked above
-            raise RequestConflict("this order was deposited with other coins") from None
-        receipt = DepositReceipt(
-            partner,
-            order,
-            int(row.points),
-            len(spent),
-            appended.index,
-            appended.leaf_hash,
-            _unix(_aware(row.created_at)),
-        )
-        _, signer = checkpoint_signer(self.keyring, self.origin)
-        note = receipt_note(self.origin, receipt, signer)
-        d = deposits_table
-        with self.engine.begin() as conn:
-            conn.execute(
-                d.update()
-                .where(d.c.partner == partner, d.c.order_ref == order, d.c.receipt.is_(None))
-                .values(entry_idx=appended.index, receipt=note.encode())
-            )
-        return Deposit(receipt, note, replayed=appended.replayed)
 
     # -- statements ----------------------------------------------------------------------------
 
@@ -779,7 +734,6 @@ class Mint:
                 sa.select(d)
                 .where(
                     d.c.partner == partner,
-                    d.c.receipt.is_not(None),
                     d.c.created_at >= start,
                     d.c.created_at < end,
                 )

@@ -68,6 +68,7 @@ from ledger.entries import (
 from ledger.errors import (
     AppendRejected,
     CapExceeded,
+    CoinsSpent,
     EntryError,
     IdempotencyConflict,
     InsufficientBalance,
@@ -91,10 +92,12 @@ from ledger.merkle import (
 )
 from ledger.tables import (
     balances_table,
+    deposits_table,
     entries_table,
     head_table,
     idempotency_table,
     nodes_table,
+    spent_table,
 )
 from ledger.tiles import ENTRIES, TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle
 
@@ -103,6 +106,8 @@ __all__ = [
     "AppendRequest",
     "Appended",
     "Clock",
+    "CoinSpend",
+    "DepositRows",
     "GroupCommitAppender",
     "IdempotencyKey",
     "LedgerStore",
@@ -156,6 +161,7 @@ _PG_ACTS = (
     "WHERE pseudonym = ANY(%(pseudonyms)b::varchar[]) AND kind = %(kind)b::smallint "
     "AND created_at >= %(since)b"
 )
+_PG_SPENT = "SELECT coin FROM coin_spent WHERE coin = ANY(%(coins)b::bytea[])"
 _PG_WRITE = """
 WITH
 entries AS (
@@ -186,6 +192,22 @@ debits AS (
     UPDATE ledger_balances b SET points = b.points + t.delta, updated_at = %(now)b
     FROM unnest(%(d_pseudonym)b::varchar[], %(d_delta)b::bigint[]) AS t(pseudonym, delta)
     WHERE b.pseudonym = t.pseudonym
+),
+deposits AS (
+    INSERT INTO coin_deposits
+        (partner, order_ref, request_digest, points, coins, entry_idx, created_at)
+    SELECT t.partner, t.order_ref, t.digest, t.points, t.coins, t.idx, %(now)b
+    FROM unnest(%(p_partner)b::varchar[], %(p_order)b::varchar[], %(p_digest)b::bytea[],
+                %(p_points)b::bigint[], %(p_coins)b::integer[], %(p_idx)b::bigint[])
+         AS t(partner, order_ref, digest, points, coins, idx)
+),
+spent AS (
+    INSERT INTO coin_spent
+        (coin, denomination, partner, order_ref, signed_at, permission, created_at)
+    SELECT t.coin, t.denomination, t.partner, t.order_ref, t.signed_at, t.permission, %(now)b
+    FROM unnest(%(s_coin)b::bytea[], %(s_denomination)b::bytea[], %(s_partner)b::varchar[],
+                %(s_order)b::varchar[], %(s_signed_at)b::bigint[], %(s_permission)b::bytea[])
+         AS t(coin, denomination, partner, order_ref, signed_at, permission)
 )
 UPDATE ledger_head
 SET size = %(size)b, root = %(root)b, frontier = %(frontier)b, updated_at = %(now)b
@@ -250,17 +272,45 @@ class ActCaps:
 
 
 @dataclass(frozen=True)
+class CoinSpend:
+    """One coin a deposit spends, with the deposit permission that spent it."""
+
+    coin: bytes
+    denomination: bytes
+    signed_at: int
+    permission: bytes
+
+
+@dataclass(frozen=True)
+class DepositRows:
+    """What a :class:`CoinsDeposited` append writes besides its entry, in its transaction.
+
+    A ``coin_deposits`` row for ``order`` (the entry holds only the payment request's digest)
+    and one ``coin_spent`` row per coin. Every ``coin_spent`` row is written under the head
+    lock, so the lock holder's read of the table is the truth: a coin in it, or spent by an
+    earlier request of the same batch, refuses the deposit with :class:`CoinsSpent`. The
+    table's primary key stays as a backstop. A deposit's claim, entry and record therefore
+    commit together or not at all.
+    """
+
+    order: str
+    spends: tuple[CoinSpend, ...]
+
+
+@dataclass(frozen=True)
 class AppendRequest:
-    """One event to append, with an optional idempotency key and, for an act, its caps.
+    """One event to append, with an optional idempotency key, caps (acts) or deposit rows.
 
     Judged in this order under the head lock: an idempotency key already answered returns that
     answer (or :class:`IdempotencyConflict`), then the caps (:class:`CapExceeded`), then the
-    balance a withdrawal debits (:class:`InsufficientBalance`).
+    balance a withdrawal debits (:class:`InsufficientBalance`), then the coins a deposit spends
+    (:class:`CoinsSpent`).
     """
 
     event: Event
     idempotency: IdempotencyKey | None = None
     caps: ActCaps | None = None
+    deposit: DepositRows | None = None
 
 
 @dataclass(frozen=True)
@@ -387,6 +437,7 @@ class _New:
     data: bytes
     leaf_hash: bytes
     idempotency: IdempotencyKey | None
+    deposit: DepositRows | None
 
 
 class LedgerStore:
@@ -431,6 +482,7 @@ class LedgerStore:
                     answered=_answered(conn, reads.keys) if reads.keys else {},
                     balances=_balances(conn, reads.debtors) if reads.debtors else {},
                     counts=_ActCounts.of(_logged_acts(conn, reads.capped, reads.since)),
+                    spent=_spent(conn, reads.coins) if reads.coins else set(),
                     now=now,
                 )
                 if plan.writes is not None:
@@ -662,13 +714,29 @@ def _logged_acts(
     return [(str(row[0]), bytes(row[1])) for row in rows]
 
 
+def _spent(conn: sa.Connection, coins: list[bytes]) -> set[bytes]:
+    s = spent_table
+    return {bytes(row[0]) for row in conn.execute(sa.select(s.c.coin).where(s.c.coin.in_(coins)))}
+
+
 def _check_request(request: object) -> None:
     if not isinstance(request, AppendRequest):
         raise LedgerError("appends take AppendRequest items")
-    if not isinstance(request.event, _EVENTS):
+    event = request.event
+    if not isinstance(event, _EVENTS):
         raise EntryError("unknown event type")
-    if request.caps is not None and not isinstance(request.event, ActCredited):
+    if request.caps is not None and not isinstance(event, ActCredited):
         raise LedgerError("caps apply to acts credited only")
+    if isinstance(event, CoinsDeposited) != (request.deposit is not None):
+        raise LedgerError("a deposit is appended with its deposit rows, and only a deposit")
+    if request.deposit is not None and isinstance(event, CoinsDeposited):
+        if request.idempotency is None:
+            raise LedgerError("a deposit is appended with an idempotency key")
+        spends = request.deposit.spends
+        if sorted((s.denomination, s.coin) for s in spends) != sorted(
+            (c.denomination, c.coin) for c in event.coins
+        ) or len({s.coin for s in spends}) != len(spends):
+            raise LedgerError("a deposit's rows must name the coins of its entry, once each")
 
 
 def _month_of(occurred_at: int) -> tuple[int, int]:
@@ -685,6 +753,8 @@ class _Reads:
     capped: list[str]
     """Pseudonyms of the acts with caps: their acts recorded since ``since`` are counted."""
     since: datetime | None
+    coins: list[bytes]
+    """The coins the batch's deposits spend: which of them ``coin_spent`` already holds."""
 
     @classmethod
     def of(cls, requests: Sequence[AppendRequest]) -> _Reads:
@@ -700,7 +770,8 @@ class _Reads:
             start = datetime(year, month, 1, tzinfo=UTC) - request.caps.skew
             since = start if since is None else min(since, start)
             capped.add(event.pseudonym)
-        return cls(sorted(keys), sorted(debtors), sorted(capped), since)
+        coins = {s.coin for r in requests if r.deposit for s in r.deposit.spends}
+        return cls(sorted(keys), sorted(debtors), sorted(capped), since, sorted(coins))
 
 
 class _ActCounts:
@@ -738,6 +809,42 @@ class _ActCounts:
         return None
 
 
+class _Rules:
+    """The rules an append is judged by, in request order, from what was read under the lock
+    and what the batch appended before it: caps, balances, spent coins."""
+
+    def __init__(self, balances: dict[str, int], counts: _ActCounts, spent: set[bytes]) -> None:
+        self.balances = balances
+        self.counts = counts
+        self.spent = spent
+        self.deltas: dict[str, int] = {}
+        """Net balance changes of the requests accepted so far."""
+
+    def judge(self, request: AppendRequest) -> AppendRejected | None:
+        """The refusal of ``request``, or None after counting it as appended."""
+        event, deltas = request.event, self.deltas
+        if isinstance(event, ActCredited):
+            if request.caps is not None:
+                refused = self.counts.check(event, request.caps)
+                if refused is not None:
+                    return refused
+            deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) + event.points
+            self.counts.add(event)
+        elif isinstance(event, WithdrawalDebited):
+            available = self.balances.get(event.pseudonym, 0) + deltas.get(event.pseudonym, 0)
+            if available < event.points:
+                return InsufficientBalance(
+                    f"a withdrawal of {event.points} points exceeds the balance"
+                )
+            deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) - event.points
+        elif request.deposit is not None:
+            coins = [spend.coin for spend in request.deposit.spends]
+            if taken := [coin for coin in coins if coin in self.spent]:
+                return CoinsSpent("a coin was already spent", sorted(taken))
+            self.spent.update(coins)
+        return None
+
+
 @dataclass(frozen=True)
 class _Plan:
     results: list[Appended | AppendRejected]
@@ -751,18 +858,19 @@ def _plan(
     answered: dict[tuple[str, str], tuple[bytes, LoggedEntry]],
     balances: dict[str, int],
     counts: _ActCounts,
+    spent: set[bytes],
     now: datetime,
 ) -> _Plan:
     """What appending ``requests`` to the locked ``head`` does: pure Python, no database.
 
     ``answered`` holds the first answers of the batch's idempotency keys, ``balances`` the
-    balances of the pseudonyms it debits, ``counts`` the acts of the capped pseudonyms, all
-    read under the lock.
+    balances of the pseudonyms it debits, ``counts`` the acts of the capped pseudonyms,
+    ``spent`` which of the coins its deposits spend were spent before, all read under the lock.
     """
+    rules = _Rules(balances, counts, set(spent))
     size = head.size
     recorded_at = int(now.timestamp())
     outcomes: list[Appended | AppendRejected | int] = []
-    deltas: dict[str, int] = {}
     new: list[_New] = []
     batch_keys: dict[tuple[str, str], tuple[bytes, int]] = {}
     for position, request in enumerate(requests):
@@ -778,27 +886,15 @@ def _plan(
                 outcomes.append(earlier if digest == key.request_digest else _conflict())
                 continue
         event = request.event
-        if request.caps is not None and isinstance(event, ActCredited):
-            refused = counts.check(event, request.caps)
-            if refused is not None:
-                outcomes.append(refused)
-                continue
-        if isinstance(event, WithdrawalDebited):
-            available = balances.get(event.pseudonym, 0) + deltas.get(event.pseudonym, 0)
-            if available < event.points:
-                outcomes.append(
-                    InsufficientBalance(
-                        f"a withdrawal of {event.points} points exceeds the balance"
-                    )
-                )
-                continue
-            deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) - event.points
-        elif isinstance(event, ActCredited):
-            deltas[event.pseudonym] = deltas.get(event.pseudonym, 0) + event.points
-            counts.add(event)
+        refused = rules.judge(request)
+        if refused is not None:
+            outcomes.append(refused)
+            continue
         entry = Entry(recorded_at, event)
         data = encode_entry(entry)
-        new.append(_New(position, size + len(new), entry, data, leaf_hash(data), key))
+        new.append(
+            _New(position, size + len(new), entry, data, leaf_hash(data), key, request.deposit)
+        )
         if key is not None:
             batch_keys[key.partner, key.key] = (key.request_digest, position)
         outcomes.append(position)  # resolved below
@@ -816,7 +912,7 @@ def _plan(
     if not new:
         return _Plan(results, None)
     nodes, root, frontier = _grow(head, [item.leaf_hash for item in new])
-    return _Plan(results, _Writes(new, nodes, deltas, now, size + len(new), root, frontier))
+    return _Plan(results, _Writes(new, nodes, rules.deltas, now, size + len(new), root, frontier))
 
 
 def _append_postgresql(
@@ -859,6 +955,7 @@ def _append_postgresql(
                     if reads.capped
                     else None
                 )
+                spent_rows = pg.execute(_PG_SPENT, {"coins": reads.coins}) if reads.coins else None
                 size, root, frontier = head_rows.fetchone()
             head = LockedHead(int(size), bytes(root), bytes(frontier))
             answered = {
@@ -873,8 +970,15 @@ def _append_postgresql(
                 (row[0], bytes(row[1]))
                 for row in (act_rows.fetchall() if act_rows is not None else ())
             )
+            spent = {bytes(row[0]) for row in (spent_rows.fetchall() if spent_rows else ())}
             plan = _plan(
-                requests, head, answered=answered, balances=balances, counts=counts, now=now
+                requests,
+                head,
+                answered=answered,
+                balances=balances,
+                counts=counts,
+                spent=spent,
+                now=now,
             )
             with pg.pipeline():
                 if plan.writes is not None:
@@ -927,6 +1031,45 @@ class _Writes:
     @property
     def keyed(self) -> list[tuple[_New, IdempotencyKey]]:
         return [(item, item.idempotency) for item in self.new if item.idempotency is not None]
+
+    @property
+    def deposits(self) -> list[tuple[_New, CoinsDeposited, DepositRows]]:
+        return [
+            (item, item.entry.event, item.deposit)
+            for item in self.new
+            if item.deposit is not None and isinstance(item.entry.event, CoinsDeposited)
+        ]
+
+    def deposit_rows(self) -> list[dict[str, object]]:
+        """The ``coin_deposits`` rows (the digest is the deposit's idempotency digest)."""
+        return [
+            {
+                "partner": event.partner,
+                "order_ref": deposit.order,
+                "request_digest": item.idempotency.request_digest if item.idempotency else b"",
+                "points": event.points,
+                "coins": len(event.coins),
+                "entry_idx": item.index,
+                "created_at": self.now,
+            }
+            for item, event, deposit in self.deposits
+        ]
+
+    def spent_rows(self) -> list[dict[str, object]]:
+        """The ``coin_spent`` rows."""
+        return [
+            {
+                "coin": spend.coin,
+                "denomination": spend.denomination,
+                "partner": event.partner,
+                "order_ref": deposit.order,
+                "signed_at": spend.signed_at,
+                "permission": spend.permission,
+                "created_at": self.now,
+            }
+            for _, event, deposit in self.deposits
+            for spend in deposit.spends
+        ]
 
     @property
     def credits(self) -> list[tuple[str, int]]:
@@ -982,6 +1125,9 @@ def _write(conn: sa.Connection, writes: _Writes) -> None:
         )
     if debits := writes.debits:
         conn.execute(_DEBIT_BALANCE, [{"pseudonym": p, "delta": d, "now": now} for p, d in debits])
+    if deposits := writes.deposit_rows():
+        conn.execute(deposits_table.insert(), deposits)
+        conn.execute(spent_table.insert(), writes.spent_rows())
     conn.execute(
         head_table.update()
         .where(head_table.c.id == 1)
@@ -992,6 +1138,7 @@ def _write(conn: sa.Connection, writes: _Writes) -> None:
 def _pg_write_parameters(writes: _Writes) -> dict[str, object]:
     """The parameters of ``_PG_WRITE``: every column of every table as one array."""
     new, keyed, credits, debits = writes.new, writes.keyed, writes.credits, writes.debits
+    deposits, spent = writes.deposit_rows(), writes.spent_rows()
     return {
         "e_idx": [item.index for item in new],
         "e_kind": [int(item.entry.kind) for item in new],
@@ -1009,6 +1156,18 @@ def _pg_write_parameters(writes: _Writes) -> dict[str, object]:
         "c_delta": [d for _, d in credits],
         "d_pseudonym": [p for p, _ in debits],
         "d_delta": [d for _, d in debits],
+        "p_partner": [row["partner"] for row in deposits],
+        "p_order": [row["order_ref"] for row in deposits],
+        "p_digest": [row["request_digest"] for row in deposits],
+        "p_points": [row["points"] for row in deposits],
+        "p_coins": [row["coins"] for row in deposits],
+        "p_idx": [row["entry_idx"] for row in deposits],
+        "s_coin": [row["coin"] for row in spent],
+        "s_denomination": [row["denomination"] for row in spent],
+        "s_partner": [row["partner"] for row in spent],
+        "s_order": [row["order_ref"] for row in spent],
+        "s_signed_at": [row["signed_at"] for row in spent],
+        "s_permission": [row["permission"] for row in spent],
         "size": writes.size,
         "root": writes.root,
         "frontier": writes.frontier,

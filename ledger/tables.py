@@ -166,7 +166,11 @@ class CoinWithdrawal(LedgerTable, table=True):
 
 
 class CoinDeposit(LedgerTable, table=True):
-    """A partner's deposit for one order: its digest, entry and signed receipt."""
+    """A partner's deposit for one order (append-only): its digest, amount and entry.
+
+    Written in the append transaction of its entry (:class:`ledger.store.DepositRows`); the
+    receipt is signed again from the entry when asked for, not stored.
+    """
 
     __tablename__ = "coin_deposits"
     __table_args__ = (sa.Index("ix_coin_deposits_partner_created", "partner", "created_at"),)
@@ -176,8 +180,7 @@ class CoinDeposit(LedgerTable, table=True):
     request_digest: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
     points: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     coins: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
-    entry_idx: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
-    receipt: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    entry_idx: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     created_at: datetime = Field(sa_column=_when())
 
 

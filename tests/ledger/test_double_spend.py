@@ -321,9 +321,9 @@ def test_a_coin_is_spent_once_across_two_server_processes(cluster: Cluster, tmp_
         pair([c], f"pair-{n}")
 
     # Three coins paid to both at once in opposite orders, [c1, c3, c2] and [c2, c3, c1], while
-    # the test holds an uncommitted claim on c3: each deposit stops mid-claim on c3, holding
-    # what it claimed before. Released, they must finish one after the other (claimed in
-    # request order, they deadlocked and PostgreSQL aborted one: a 500).
+    # the test holds an uncommitted claim on c3 (a writer outside the head lock, which the
+    # service never is): one deposit waits on c3 holding the head lock, the other on the head
+    # lock. Released, they must finish one after the other, neither deadlocked nor a 500.
     c1, c2, c3 = coins[10:13]
     with cluster.runtime.ledger_engine.connect() as conn:
         held = conn.begin()

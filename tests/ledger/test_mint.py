@@ -1,5 +1,6 @@
-"""The mint as a library: a deposit interrupted between claiming its coins and logging them is
-finished by the sweep; a database failure is a LedgerStoreError, never a driver error."""
+"""The mint as a library: a deposit's claim, entry and record commit together or not at all;
+coins are judged under the append lock, within a batch too; a replay gets the same receipt;
+a database failure is a LedgerStoreError, never a driver error."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import sqlalchemy as sa
 
 from keys.keyring import Keyring
 from ledger.coins import Coin, b64decode
-from ledger.entries import ActCredited
-from ledger.errors import LedgerStoreError
-from ledger.mint import Mint, MintPolicy, PaidCoin, _deposit_digest
-from ledger.store import LedgerStore
+from ledger.entries import ActCredited, CoinsDeposited, SpentCoin
+from ledger.errors import AppendRejected, CoinsSpent, LedgerError, LedgerStoreError
+from ledger.mint import DenominationExpired, Mint, MintPolicy, PaidCoin, UnknownDenomination
+from ledger.store import AppendRequest, CoinSpend, DepositRows, IdempotencyKey, LedgerStore
 from ledger.tables import deposits_table, spent_table
 from ledger.wallet import PaymentRequest, finish_withdrawal, pay, prepare_withdrawal
 from tests.ledger.test_store import ORIGIN, ledger_engine, make_keyring
@@ -60,29 +61,101 @@ def paid_coins(mint: Mint, amount: int, request: PaymentRequest) -> list[PaidCoi
     ]
 
 
-def test_an_interrupted_deposit_is_finished_by_the_sweep(mint: Mint) -> None:
-    request = PaymentRequest("shop", "order-1", 16)
-    coins = paid_coins(mint, 16, request)
-    head = mint.store.head().size
-    # The process stops after the claim, before the entry is appended.
-    digest = _deposit_digest("shop", "order-1", 16, coins)
-    assert mint._claim_coins("shop", "order-1", 16, coins, digest) is not None
-    assert mint.store.head().size == head
-    assert mint.finish_pending_deposits() == 0  # too recent: a request may still be finishing it
-    assert isinstance(mint.clock, Clock)
-    mint.clock.now += timedelta(minutes=2)
-    assert mint.finish_pending_deposits() == 1
-    assert mint.store.head().size == head + 1
+def _count(mint: Mint, table: sa.Table) -> int:
     with mint.engine.connect() as conn:
-        receipt = conn.execute(sa.select(deposits_table.c.receipt)).scalar_one()
-        spent = conn.execute(sa.select(sa.func.count()).select_from(spent_table)).scalar_one()
-    assert receipt is not None
-    assert spent == len(coins)
-    assert mint.finish_pending_deposits() == 0
-    # The partner's retry gets the same receipt.
-    again = mint.deposit("shop", "order-1", 16, coins)
-    assert again.replayed
-    assert again.note == bytes(receipt).decode()
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_a_deposit_that_fails_to_commit_leaves_nothing(mint: Mint) -> None:
+    coins = paid_coins(mint, 16, PaymentRequest("shop", "order-1", 16))
+    head = mint.store.head().size
+    with mint.engine.begin() as conn:  # the last write of the append transaction fails
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fail_spend BEFORE INSERT ON coin_spent "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    with pytest.raises(LedgerStoreError):
+        mint.deposit("shop", "order-1", 16, coins)
+    assert mint.store.head().size == head
+    assert _count(mint, spent_table) == _count(mint, deposits_table) == 0
+    with mint.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER fail_spend")
+    done = mint.deposit("shop", "order-1", 16, coins)  # the retry spends them once
+    assert not done.replayed
+    assert done.receipt.entry_index == head
+    assert mint.store.head().size == head + 1
+    assert _count(mint, spent_table) == len(coins)
+
+
+def test_a_replay_gets_the_same_receipt_even_after_the_deposit_window(mint: Mint) -> None:
+    coins = paid_coins(mint, 16, PaymentRequest("shop", "order-1", 16))
+    first = mint.deposit("shop", "order-1", 16, coins)
+    assert mint.deposit("shop", "order-1", 16, coins).note == first.note
+    assert isinstance(mint.clock, Clock)
+    mint.clock.now += timedelta(days=400)  # every denomination's deposit window has closed
+    late = mint.deposit("shop", "order-1", 16, coins)
+    assert late.replayed
+    assert late.note == first.note
+    with pytest.raises((DenominationExpired, UnknownDenomination)):  # a new order is refused
+        mint.deposit("shop", "order-2", 16, coins)
+
+
+def test_coins_spent_twice_in_one_transaction(mint: Mint) -> None:
+    """Two deposits sharing a coin in one append batch: the first wins, the second is refused
+    with the coin named, and nothing of it is written."""
+    coin = hashlib.sha256(b"coin").digest()
+    other = hashlib.sha256(b"other").digest()
+    denomination = hashlib.sha256(b"denomination").digest()
+
+    def deposit(order: str, coins: list[bytes]) -> AppendRequest:
+        spent = tuple(SpentCoin(denomination, c) for c in sorted(coins))
+        event = CoinsDeposited("shop", len(coins), hashlib.sha256(order.encode()).digest(), spent)
+        key = IdempotencyKey("#deposit", order, hashlib.sha256(b"r" + order.encode()).digest())
+        rows = DepositRows(order, tuple(CoinSpend(c, denomination, 1, b"p" * 64) for c in coins))
+        return AppendRequest(event, key, deposit=rows)
+
+    first, second, third = mint.store.append_many(
+        [deposit("a", [coin]), deposit("b", [other, coin]), deposit("c", [other])]
+    )
+    assert not isinstance(first, AppendRejected)
+    assert isinstance(second, CoinsSpent)
+    assert second.coins == (coin,)
+    assert not isinstance(third, AppendRejected)
+    (again,) = mint.store.append_many([deposit("d", [coin])])
+    assert isinstance(again, CoinsSpent)
+    with mint.engine.connect() as conn:
+        rows = conn.execute(sa.select(spent_table.c.coin, spent_table.c.order_ref)).all()
+        orders = conn.execute(sa.select(deposits_table.c.order_ref)).scalars().all()
+    assert sorted((bytes(c), o) for c, o in rows) == sorted([(coin, "a"), (other, "c")])
+    assert sorted(orders) == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["no rows", "no key", "other coin", "coin twice", "rows on an act"],
+)
+def test_deposit_rows_must_match_their_entry(mint: Mint, change: str) -> None:
+    coin, denomination = hashlib.sha256(b"coin").digest(), hashlib.sha256(b"d").digest()
+    event = CoinsDeposited("shop", 1, hashlib.sha256().digest(), (SpentCoin(denomination, coin),))
+    key: IdempotencyKey | None = IdempotencyKey("#deposit", "o", hashlib.sha256().digest())
+    spends = (CoinSpend(coin, denomination, 1, b"p" * 64),)
+    rows: DepositRows | None = DepositRows("o", spends)
+    if change == "no rows":
+        rows = None
+    elif change == "no key":
+        key = None
+    elif change == "other coin":
+        rows = DepositRows("o", (CoinSpend(denomination, denomination, 1, b"p" * 64),))
+    elif change == "coin twice":
+        rows = DepositRows("o", spends * 2)
+    request = AppendRequest(event, key, deposit=rows)
+    if change == "rows on an act":
+        act = ActCredited(WHO, "transit", "tram_ride", 1, 1, 0, hashlib.sha256().digest())
+        request = AppendRequest(act, deposit=rows)
+    head = mint.store.head().size
+    with pytest.raises(LedgerError):
+        mint.store.append_many([request])
+    assert mint.store.head().size == head
 
 
 def test_database_failures_are_store_errors(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ from ledger.entries import (
     scan_withdrawal,
 )
 from ledger.errors import (
+    AppendRejected,
     CheckpointError,
     EntryError,
     ExportError,
@@ -72,7 +73,14 @@ from ledger.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from ledger.store import AppendRequest, IdempotencyKey, LedgerStore
+from ledger.store import (
+    Appended,
+    AppendRequest,
+    CoinSpend,
+    DepositRows,
+    IdempotencyKey,
+    LedgerStore,
+)
 from ledger.tables import ledger_metadata
 from ledger.tiles import ENTRIES, Tile, TileHashes, parse_entry_bundle, tile_data, tile_for_size
 from tests.conftest import make_settings
@@ -143,6 +151,25 @@ def economy_events(acts: int, seed: int = 1, pseudonyms: int = 7) -> list[Event]
                 )
             )
     return events
+
+
+def request(event: Event) -> AppendRequest:
+    """The append request the service would make for ``event``: a deposit comes with its
+    idempotency key and the rows that spend its coins."""
+    if not isinstance(event, CoinsDeposited):
+        return AppendRequest(event)
+    order = event.request.hex()
+    key = IdempotencyKey("#deposit", f"{event.partner} {order}", event.request)
+    spends = tuple(CoinSpend(c.coin, c.denomination, 0, bytes(64)) for c in event.coins)
+    return AppendRequest(event, key, deposit=DepositRows(order, spends))
+
+
+def append(store: LedgerStore, event: Event) -> Appended:
+    """Append one event as :func:`request` makes it; raises if it is refused."""
+    (outcome,) = store.append_many([request(event)])
+    if isinstance(outcome, AppendRejected):
+        raise outcome
+    return outcome
 
 
 def encoded(events: list[Event], start: datetime = T0) -> list[bytes]:
@@ -402,7 +429,7 @@ def test_append_read_and_balances(store: LedgerStore) -> None:
     tree = MemoryTree()
     events = economy_events(30, seed=3)
     for event in events:
-        appended = store.append(event)
+        appended = append(store, event)
         assert appended.index == tree.size
         assert appended.leaf_hash == leaf_hash(appended.data)
         assert decode_entry(appended.data) == appended.entry
@@ -641,7 +668,7 @@ def test_checkpoints(store: LedgerStore, keyring: Keyring) -> None:
 
 
 def test_receipts(store: LedgerStore, keyring: Keyring) -> None:
-    store.append_many([AppendRequest(event) for event in economy_events(10)])
+    store.append_many([request(event) for event in economy_events(10)])
     with pytest.raises(NotCheckpointed):
         receipt(store, 3)
     checkpoint = issue_checkpoint(store, keyring, origin=ORIGIN)
@@ -690,6 +717,10 @@ REFUSED = [
     "DELETE FROM ledger_head",
     "UPDATE ledger_head SET size = size - 1",
     "DELETE FROM ledger_balances",
+    "UPDATE coin_deposits SET points = points",
+    "DELETE FROM coin_deposits",
+    "UPDATE coin_spent SET partner = partner",
+    "DELETE FROM coin_spent",
 ]
 TRUNCATE_REFUSED = [
     f"TRUNCATE {table}"
@@ -700,6 +731,8 @@ TRUNCATE_REFUSED = [
         "ledger_idempotency",
         "ledger_head",
         "ledger_balances",
+        "coin_deposits",
+        "coin_spent",
     )
 ]
 
@@ -707,6 +740,8 @@ TRUNCATE_REFUSED = [
 @pytest.fixture
 def filled(store: LedgerStore, keyring: Keyring) -> LedgerStore:
     store.append_many([AppendRequest(act(1, 5, i), idem(f"k{i}")) for i in range(4)])
+    coin = SpentCoin(denomination(1).denomination, hashlib.sha256(b"coin").digest())
+    append(store, CoinsDeposited(PARTNER, 1, hashlib.sha256(b"order").digest(), (coin,)))
     issue_checkpoint(store, keyring, origin=ORIGIN)
     return store
 
@@ -748,7 +783,14 @@ def _snapshot(store: LedgerStore) -> list[list[tuple[object, ...]]]:
     with store.engine.connect() as conn:
         return [
             [tuple(row) for row in conn.exec_driver_sql(f"SELECT * FROM {table}")]
-            for table in ("ledger_entries", "ledger_nodes", "ledger_head", "ledger_checkpoints")
+            for table in (
+                "ledger_entries",
+                "ledger_nodes",
+                "ledger_head",
+                "ledger_checkpoints",
+                "coin_deposits",
+                "coin_spent",
+            )
         ]
 
 
@@ -757,9 +799,9 @@ def _snapshot(store: LedgerStore) -> list[list[tuple[object, ...]]]:
 
 def test_export_round_trip(store: LedgerStore, keyring: Keyring, tmp_path: Path) -> None:
     events = economy_events(40, seed=5)
-    store.append_many([AppendRequest(event) for event in events[:20]])
+    store.append_many([request(event) for event in events[:20]])
     first = issue_checkpoint(store, keyring, origin=ORIGIN)
-    store.append_many([AppendRequest(event) for event in events[20:]])
+    store.append_many([request(event) for event in events[20:]])
     second = issue_checkpoint(store, keyring, origin=ORIGIN)
     path = tmp_path / "ledger.export"
     summary = export(store, path, origin=ORIGIN, chunk=7)

@@ -39,6 +39,7 @@ from tests.ledger.test_store import (
     ORIGIN,
     Ticking,
     act,
+    append,
     economy_events,
     ledger_engine,
     make_keyring,
@@ -61,10 +62,10 @@ def build(store: LedgerStore, directory: Path) -> Built:
     keyring = make_keyring(directory / "keys")
     events = economy_events(28, seed=21)
     for event in events[:15]:
-        store.append(event)
+        append(store, event)
     issue_checkpoint(store, keyring, origin=ORIGIN)
     for event in events[15:]:
-        store.append(event)
+        append(store, event)
     issue_checkpoint(store, keyring, origin=ORIGIN)
     path = directory / "first.export"
     export(store, path, origin=ORIGIN)
