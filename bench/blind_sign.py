@@ -3,18 +3,22 @@
     .venv/bin/python bench/blind_sign.py [--rounds 3] [--seconds 3] [--bits 2048]
 
 Measures ``keys.blind_rsa.blind_sign`` in one thread (so: per core) as the server runs it:
-CRT with ``gmpy2.powmod_sec``, the fault check, length and range checks, byte conversions.
-Each round times ours, then ``openssl speed -seconds N rsaBITS`` (also one core), and
-prints the ratio of the two sign rates; the summary is the median round. The target is a
-ratio of at least 0.5. Both rates are per second of CPU time, as ``openssl speed`` counts
-by default, so that other work on a shared machine does not bias the ratio; the load
-average is printed beside each round all the same.
+length and range checks, RSASP1 on the backend a key chooses by default (OpenSSL's private
+operation through ctypes where the system libcrypto is OpenSSL 3, see
+``keys/_openssl_rsa.py``), the fault check, byte conversions. Beside it, the same key on the
+portable gmpy2 fallback (CRT with ``gmpy2.powmod_sec``). Each round times both, then
+``openssl speed -seconds N rsaBITS`` (also one core), and prints the ratio of each sign rate
+to OpenSSL's; the summary is the median round. The target is a ratio of at least 0.5 for
+the backend the server uses. All rates are per second of CPU time, as ``openssl speed``
+counts by default, so that other work on a shared machine does not bias the ratios; the
+load average is printed beside each round all the same.
 
-It then splits a signature into its parts (the two ``powmod_sec`` halves, Garner's
-recombination, the fault check, the rest) and says what each side runs on this CPU: which
-``libgmp`` is loaded and whether GMP's run-time CPU dispatch knows the CPU, and whether
-OpenSSL takes its AVX-512 IFMA path, which is then measured again with IFMA masked out
-(``OPENSSL_ia32cap``).
+It then splits a signature into its parts, for the OpenSSL backend (OpenSSL's operation, the
+fault check, the rest) and for gmpy2 (the two ``powmod_sec`` halves, Garner's recombination,
+the fault check, the rest), and says what each side runs on this CPU: which ``libgmp`` is
+loaded and whether GMP's run-time CPU dispatch knows the CPU, and whether OpenSSL takes its
+AVX-512 IFMA path, which ``openssl speed`` then measures again with IFMA masked out
+(``OPENSSL_ia32cap``; the in-process OpenSSL keeps IFMA, so only the gmpy2 ratio is given).
 """
 
 from __future__ import annotations
@@ -31,15 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gmpy2
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keys.blind_rsa import (
-    BlindPrivateKey,
-    Variant,
-    blind,
-    blind_sign,
-    generate_private_key,
-    prepare,
-)
+from keys import _openssl_rsa
+from keys.blind_rsa import BlindPrivateKey, Variant, blind, blind_sign, prepare
 
 _IA32CAP = "OPENSSL_ia32cap"  # OpenSSL reads this exact, lower-case name
 _IFMA_OFF = ":~0x200000"  # CPUID.(EAX=7,ECX=0):EBX bit 21, AVX512IFMA
@@ -77,8 +76,38 @@ def blinded_pool(sk: BlindPrivateKey) -> list[bytes]:
     return [blind(variant, pk, prepare(variant, b"coin %d" % i)).blinded_msg for i in range(_POOL)]
 
 
-def breakdown(sk: BlindPrivateKey, pool: list[bytes], seconds: float) -> dict[str, float]:
-    """Microseconds per signature spent in each step of ``blind_sign``, timed one by one."""
+def signing(sk: BlindPrivateKey, pool: list[bytes]) -> Callable[[int], bytes]:
+    """``blind_sign`` with ``sk`` on the i-th message of the pool, for :func:`rate`."""
+    return lambda i: blind_sign(sk, pool[i % _POOL])
+
+
+def per_call(operation: Callable[[int], object], seconds: float) -> float:
+    return 1e6 / rate(operation, seconds)
+
+
+def openssl_breakdown(sk: BlindPrivateKey, pool: list[bytes], seconds: float) -> dict[str, float]:
+    """Microseconds per signature in each step of ``blind_sign`` on the OpenSSL backend."""
+    handle = sk._private
+    assert isinstance(handle, _openssl_rsa.OpenSSLRSAKey)
+    numbers = sk.key.public_key().public_numbers()
+    n, e = gmpy2.mpz(numbers.n), gmpy2.mpz(numbers.e)
+    sigs = [gmpy2.mpz.from_bytes(blind_sign(sk, b), "big") for b in pool]
+    parts = {
+        "OpenSSL RSA private operation": per_call(
+            lambda i: handle.raw_private(pool[i % _POOL]), seconds
+        ),
+        "fault check powmod(s, e, n)": per_call(
+            lambda i: gmpy2.powmod(sigs[i % _POOL], e, n), seconds * 0.5
+        ),
+    }
+    whole = per_call(signing(sk, pool), seconds)
+    parts["the rest (Python, checks, conversions)"] = max(0.0, whole - sum(parts.values()))
+    parts["blind_sign, whole"] = whole
+    return parts
+
+
+def gmpy2_breakdown(sk: BlindPrivateKey, pool: list[bytes], seconds: float) -> dict[str, float]:
+    """Microseconds per signature in each step of ``blind_sign`` on the gmpy2 fallback."""
     numbers = sk.key.private_numbers()
     p, q = gmpy2.mpz(numbers.p), gmpy2.mpz(numbers.q)
     dp, dq, qinv = gmpy2.mpz(numbers.dmp1), gmpy2.mpz(numbers.dmq1), gmpy2.mpz(numbers.iqmp)
@@ -88,23 +117,22 @@ def breakdown(sk: BlindPrivateKey, pool: list[bytes], seconds: float) -> dict[st
     m2s = [gmpy2.powmod_sec(m, dq, q) for m in ms]
     sigs = [gmpy2.mpz.from_bytes(blind_sign(sk, b), "big") for b in pool]
     k = sk.public_key().modulus_len
-
-    def per_call(operation: Callable[[int], object], share: float = 1.0) -> float:
-        return 1e6 / rate(operation, seconds * share)
-
     parts = {
-        "powmod_sec mod p": per_call(lambda i: gmpy2.powmod_sec(ms[i % _POOL], dp, p)),
-        "powmod_sec mod q": per_call(lambda i: gmpy2.powmod_sec(ms[i % _POOL], dq, q)),
+        "powmod_sec mod p": per_call(lambda i: gmpy2.powmod_sec(ms[i % _POOL], dp, p), seconds),
+        "powmod_sec mod q": per_call(lambda i: gmpy2.powmod_sec(ms[i % _POOL], dq, q), seconds),
         "Garner (powmod_sec, exponent 1)": per_call(
             lambda i: gmpy2.powmod_sec(qinv * (m1s[i % _POOL] - m2s[i % _POOL] + n), 1, p),
-            0.5,
+            seconds * 0.5,
         ),
-        "fault check powmod(s, e, n)": per_call(lambda i: gmpy2.powmod(sigs[i % _POOL], e, n), 0.5),
+        "fault check powmod(s, e, n)": per_call(
+            lambda i: gmpy2.powmod(sigs[i % _POOL], e, n), seconds * 0.5
+        ),
         "bytes -> mpz -> bytes": per_call(
-            lambda i: gmpy2.mpz.from_bytes(pool[i % _POOL], "big").to_bytes(k, "big"), 0.2
+            lambda i: gmpy2.mpz.from_bytes(pool[i % _POOL], "big").to_bytes(k, "big"),
+            seconds * 0.2,
         ),
     }
-    whole = per_call(lambda i: blind_sign(sk, pool[i % _POOL]))
+    whole = per_call(signing(sk, pool), seconds)
     parts["the rest (Python, checks)"] = max(0.0, whole - sum(parts.values()))
     parts["blind_sign, whole"] = whole
     return parts
@@ -152,6 +180,12 @@ def describe_platform(vendor_model: tuple[str, int, int, set[str]]) -> None:
                 "  the wheel's fat GMP does not know this CPU model: it runs its generic"
                 " x86_64 code, without MULX/ADX (see bench/README.md)"
             )
+
+    available, library, detail = _openssl_rsa.availability()
+    if available:
+        print(f"blind_sign's OpenSSL backend: {detail}, loaded as {library}")
+    else:
+        print(f"blind_sign's OpenSSL backend is unavailable: {detail}")
 
 
 def openssl_version() -> str:
@@ -218,40 +252,61 @@ def main() -> int:
     )
     print(f"load average at start: {loadavg()}")
 
-    sk = generate_private_key(args.bits)
-    pool = blinded_pool(sk)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=args.bits)
+    server = BlindPrivateKey(key)  # what the server gets: OpenSSL where available
+    fallback = BlindPrivateKey(key, backend="gmpy2")
+    # One entry when the server itself runs on gmpy2.
+    keys: dict[str, BlindPrivateKey] = {server.backend: server, "gmpy2": fallback}
+    pool = blinded_pool(server)
     has_openssl = shutil.which("openssl") is not None
-    ratios: list[float] = []
-    print("\nsign rates per second of CPU time, one core each:")
-    print(f"round  blind_sign/s  openssl rsa{args.bits} sign/s  ratio  loadavg")
+    ratios: dict[str, list[float]] = {name: [] for name in keys}
+    print(f"\nthe server signs with the {server.backend} backend")
+    print("sign rates per second of CPU time, one core each:")
+    columns = "".join(f"  {name + ' blind_sign/s':>21s}" for name in keys)
+    ratio_columns = "".join(f"  {name + ' ratio':>13s}" for name in keys)
+    print(f"round{columns}  openssl rsa{args.bits} sign/s{ratio_columns}  loadavg")
     for round_no in range(1, args.rounds + 1):
-        ours = rate(lambda i: blind_sign(sk, pool[i % _POOL]), args.seconds)
+        ours = {name: rate(signing(sk, pool), args.seconds) for name, sk in keys.items()}
+        rates = "".join(f"  {value:21.1f}" for value in ours.values())
         if not has_openssl:
-            print(f"{round_no:5d}  {ours:12.1f}  (openssl not found: no ratio)")
+            print(f"{round_no:5d}{rates}  (openssl not found: no ratio)")
             continue
         try:
             reference = openssl_sign_rate(args.bits, args.openssl_seconds)
         except (subprocess.SubprocessError, ValueError) as exc:
             print(f"openssl speed failed: {exc}")
             return 1
-        ratios.append(ours / reference)
-        print(f"{round_no:5d}  {ours:12.1f}  {reference:22.1f}  {ratios[-1]:5.2f}  {loadavg()}")
-    if ratios:
-        median = statistics.median(ratios)
-        verdict = "meets" if median >= 0.5 else "misses"
-        print(f"median ratio blind_sign / openssl: {median:.2f} ({verdict} the 0.5 goal)")
+        for name, value in ours.items():
+            ratios[name].append(value / reference)
+        shown = "".join(f"  {ratios[name][-1]:13.2f}" for name in keys)
+        print(f"{round_no:5d}{rates}  {reference:22.1f}{shown}  {loadavg()}")
+    for name, values in ratios.items():
+        if values:
+            median = statistics.median(values)
+            role = "the server's" if name == server.backend else "the fallback's"
+            verdict = "meets" if median >= 0.5 else "misses"
+            print(
+                f"median ratio blind_sign / openssl, {name} ({role}): {median:.2f}"
+                f" ({verdict} the 0.5 goal)"
+            )
 
     print("\nwhere a signature's time goes (us, each step timed on its own):")
-    for label, micros in breakdown(sk, pool, args.seconds).items():
-        print(f"  {label:34s} {micros:8.1f}")
+    if server.backend == "openssl":
+        print("  OpenSSL backend:")
+        for label, micros in openssl_breakdown(server, pool, args.seconds).items():
+            print(f"    {label:38s} {micros:8.1f}")
+    print("  gmpy2 backend:")
+    for label, micros in gmpy2_breakdown(fallback, pool, args.seconds).items():
+        print(f"    {label:38s} {micros:8.1f}")
 
     if has_openssl and "avx512ifma" in cpu[3]:
         env = {**os.environ, _IA32CAP: _IFMA_OFF}
         plain = openssl_sign_rate(args.bits, args.openssl_seconds, env)
         print(f"\nopenssl rsa{args.bits} with AVX-512 IFMA masked out: {plain:.1f} sign/s")
-        if ratios:
-            ours = rate(lambda i: blind_sign(sk, pool[i % _POOL]), args.seconds)
-            print(f"  blind_sign {ours:.1f}/s, ratio against that: {ours / plain:.2f}")
+        ours_gmpy2 = rate(signing(fallback, pool), args.seconds)
+        print(
+            f"  gmpy2 blind_sign {ours_gmpy2:.1f}/s, ratio against that: {ours_gmpy2 / plain:.2f}"
+        )
     print(f"load average at end: {loadavg()}")
     return 0
 

@@ -21,27 +21,37 @@ Errors, all under :class:`keys.errors.BlindRSAError` (RFC 9474 error names in qu
     │                      input", "message representative out of range"
     ├── InvalidKey         a public key too small, malformed, or not in the published SPKI shape
     ├── BlindingError      r has no inverse modulo n: "blinding error"
-    ├── SigningFailure     the fault check s^e mod n == m failed: "signing failure"
+    ├── SigningFailure     the private operation failed, or its result failed the fault check
+    │                      s^e mod n == m: "signing failure"
     └── VerificationError  the signature does not verify: "invalid signature", for any reason
 
-Side channels (RFC 9474 Section 7.1). :func:`blind_sign` is a remote private-key oracle. Both
-CRT half-exponentiations use ``gmpy2.powmod_sec`` (GMP's ``mpz_powm_sec``: same time and cache
-access pattern for all operands of the same sizes), which also reduces the blinded message
-modulo p and q internally; the only other reduction by a secret modulus, in Garner's
-recombination, goes through ``powmod_sec`` with exponent 1. What is left to observe is operand
-sizes. The fault check uses plain ``gmpy2.powmod``: m is the client's own input and s is sent
-back to it (a faulty s is never released). On the client, r and inv link a signature to its
-request, so ``r^e`` uses ``powmod_sec``, products are reduced with ``powmod_sec(x, 1, n)``, the
-inverse is computed on ``r * t`` for a second random t (``gmpy2.invert`` is not constant time),
-and the coprimality check runs on the blinded message, which is public anyway.
+Side channels (RFC 9474 Section 7.1). :func:`blind_sign` is a remote private-key oracle. Its
+RSASP1 runs on one of two backends, chosen once per key (:class:`BlindPrivateKey`):
 
-:func:`blind_sign` does not also blind m with ``r^e`` as OpenSSL's RSA does. Against remote
-timing and cache observers, which is the threat here, ``powmod_sec`` already gives what
-blinding gives: the work done and the memory touched do not depend on the values of m, the
-primes or the exponents. Blinding would still help against power, EM or frequency-scaling
-channels (an attacker-chosen m shaping intermediate values), but with gmpy2 each of its four
-multiplications modulo n would be a ``powmod_sec`` of its own: a third to a half again the
-cost of a signature (``bench/README.md``).
+- OpenSSL, wherever the system's libcrypto is OpenSSL 3.0 or later (Linux; see
+  :mod:`keys._openssl_rsa`): OpenSSL's RSA private operation without padding. Constant time
+  (``BN_mod_exp_mont_consttime`` on both CRT halves, or its AVX-512 IFMA code) and blinded:
+  OpenSSL multiplies m by ``r^e`` for a fresh random r before exponentiating and the result by
+  ``r^-1`` after, so the values it computes on are not the attacker's m, which also defends
+  against power, EM and frequency-scaling channels. It checks its own CRT result too and, on a
+  mismatch, recomputes without the CRT.
+- gmpy2, the portable fallback (macOS, Windows, no usable libcrypto). Both CRT
+  half-exponentiations use ``gmpy2.powmod_sec`` (GMP's ``mpz_powm_sec``: same time and cache
+  access pattern for all operands of the same sizes), which also reduces the blinded message
+  modulo p and q internally; the only other reduction by a secret modulus, in Garner's
+  recombination, goes through ``powmod_sec`` with exponent 1. What is left to observe is
+  operand sizes. This path does not blind m: against remote timing and cache observers, the
+  threat here, ``powmod_sec`` already gives what blinding gives (the work done and the memory
+  touched do not depend on the values of m, the primes or the exponents), and with gmpy2 each
+  of blinding's four multiplications modulo n would be a ``powmod_sec`` of its own: a third to
+  a half again the cost of a signature (``bench/README.md``).
+
+On both, the RFC's fault check follows and uses plain ``gmpy2.powmod``: m is the client's own
+input and s is sent back to it (a faulty s is never released). On the client, r and inv link a
+signature to its request, so ``r^e`` uses ``powmod_sec``, products are reduced with
+``powmod_sec(x, 1, n)``, the inverse is computed on ``r * t`` for a second random t
+(``gmpy2.invert`` is not constant time), and the coprimality check runs on the blinded message,
+which is public anyway.
 """
 
 from __future__ import annotations
@@ -51,16 +61,18 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import gmpy2
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keys import _pss, _spki
+from keys import _openssl_rsa, _pss, _spki
 from keys.errors import BlindRSAError
 
 __all__ = [
     "MIN_MODULUS_BITS",
+    "Backend",
     "BlindPrivateKey",
     "BlindPublicKey",
     "BlindingError",
@@ -81,6 +93,9 @@ __all__ = [
 
 RandomBytes = Callable[[int], bytes]
 """A source of randomness: ``rng(k)`` returns k uniformly random bytes."""
+
+Backend = Literal["auto", "openssl", "gmpy2"]
+"""Who computes RSASP1 in :func:`blind_sign` (see :class:`BlindPrivateKey`)."""
 
 MIN_MODULUS_BITS = 2048
 """Smallest modulus accepted for a key (the RFC 9474 vectors use 4096 bits)."""
@@ -105,7 +120,7 @@ class BlindingError(BlindRSAError):
 
 
 class SigningFailure(BlindRSAError):
-    """The signature failed the fault check ``s^e mod n == m`` (RFC 9474 Section 4.3)."""
+    """RSASP1 failed, or its result failed the fault check ``s^e mod n == m`` (RFC 9474 4.3)."""
 
 
 class VerificationError(BlindRSAError):
@@ -195,37 +210,44 @@ class _Crt:
     dq: _Mpz
     qinv: _Mpz  # q^-1 mod p
     n: _Mpz
-    e: _Mpz
 
 
 @dataclass(frozen=True, eq=False)
 class BlindPrivateKey:
     """The server's RSABSSA private key, wrapping a ``cryptography`` RSA private key.
 
-    The CRT parameters are converted to ``gmpy2.mpz`` once, here. The wrapped key is trusted
-    to be consistent (``cryptography`` checks keys it loads); :func:`blind_sign` still checks
-    every signature it makes.
+    ``backend`` chooses, once, here, who computes RSASP1 for :func:`blind_sign`: ``"openssl"``
+    hands the key to the system's libcrypto (as PKCS#8 DER, not kept), ``"gmpy2"`` converts
+    its CRT parameters to ``gmpy2.mpz``, and ``"auto"`` (the default) takes OpenSSL where
+    :func:`keys._openssl_rsa.availability` says it can be used, else gmpy2. Afterwards
+    ``backend`` names the one in use. Asking for ``"openssl"`` where it is not available
+    raises :class:`~keys.errors.BlindRSAError`.
+
+    The wrapped key is trusted to be consistent (``cryptography`` checks keys it loads);
+    :func:`blind_sign` still checks every signature it makes.
     """
 
     key: rsa.RSAPrivateKey
+    backend: Backend = field(default="auto", kw_only=True)
     _public: BlindPublicKey = field(init=False, repr=False)
-    _crt: _Crt = field(init=False, repr=False)
+    _private: _Crt | _openssl_rsa.OpenSSLRSAKey = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        numbers = self.key.private_numbers()
-        public = BlindPublicKey(numbers.public_numbers.n, numbers.public_numbers.e)
-        mpz = gmpy2.mpz
-        crt = _Crt(
-            p=mpz(numbers.p),
-            q=mpz(numbers.q),
-            dp=mpz(numbers.dmp1),
-            dq=mpz(numbers.dmq1),
-            qinv=mpz(numbers.iqmp),
-            n=public._n,
-            e=public._e,
-        )
+        numbers = self.key.public_key().public_numbers()
+        public = BlindPublicKey(numbers.n, numbers.e)
+        backend = self.backend
+        if backend == "auto":
+            backend = "openssl" if _openssl_rsa.availability().available else "gmpy2"
+        private: _Crt | _openssl_rsa.OpenSSLRSAKey
+        if backend == "openssl":
+            private = _openssl_key(self.key, public)
+        elif backend == "gmpy2":
+            private = _crt_key(self.key, public)
+        else:
+            raise ValueError(f"unknown blind RSA backend {backend!r}")
+        object.__setattr__(self, "backend", backend)
         object.__setattr__(self, "_public", public)
-        object.__setattr__(self, "_crt", crt)
+        object.__setattr__(self, "_private", private)
 
     def public_key(self) -> BlindPublicKey:
         """The matching public key."""
@@ -244,14 +266,15 @@ class BlindingResult:
     inv: int = field(repr=False)
 
 
-def generate_private_key(bits: int = 2048) -> BlindPrivateKey:
+def generate_private_key(bits: int = 2048, *, backend: Backend = "auto") -> BlindPrivateKey:
     """Generate a fresh RSABSSA key pair with e = 65537 (RFC 9474 Section 6.2).
 
-    Use one key for one variant only.
+    Use one key for one variant only. ``backend`` is :class:`BlindPrivateKey`'s.
     """
     if bits < MIN_MODULUS_BITS:
         raise InvalidKey(f"the modulus must be at least {MIN_MODULUS_BITS} bits")
-    return BlindPrivateKey(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return BlindPrivateKey(key, backend=backend)
 
 
 def prepare(variant: Variant, msg: bytes, rng: RandomBytes = secrets.token_bytes) -> bytes:
@@ -299,19 +322,28 @@ def blind(
 def blind_sign(sk: BlindPrivateKey, blinded_msg: bytes) -> bytes:
     """BlindSign (RFC 9474 Section 4.3): the RSA private-key operation, checked.
 
-    Computes ``s = RSASP1(sk, m)`` with the CRT and constant-time exponentiation, then
-    refuses to return s unless ``RSAVP1(pk, s) == m`` (the fault check of Section 4.3 step 4
-    and Section 7.1: a faulty CRT signature would reveal a factor of n).
+    Computes ``s = RSASP1(sk, m)`` on the key's backend (OpenSSL or gmpy2, both with the CRT
+    and constant-time exponentiation), then refuses to return s unless ``RSAVP1(pk, s) == m``
+    (the fault check of Section 4.3 step 4 and Section 7.1: a faulty CRT signature would
+    reveal a factor of n). With OpenSSL the GIL is released while it computes, so several
+    threads sign in parallel.
     """
-    k = sk._public.modulus_len
+    pk = sk._public
+    k = pk.modulus_len
     if len(blinded_msg) != k:
         raise InvalidInput(f"unexpected input size: the blinded message must be {k} bytes")
-    crt = sk._crt
     m = gmpy2.mpz.from_bytes(blinded_msg, "big")
-    if m >= crt.n:
+    if m >= pk._n:
         raise InvalidInput("message representative out of range")
-    s = _rsasp1_crt(crt, m)
-    if gmpy2.powmod(s, crt.e, crt.n) != m:
+    private = sk._private
+    if isinstance(private, _Crt):
+        s = _rsasp1_crt(private, m)
+    else:
+        try:
+            s = gmpy2.mpz.from_bytes(private.raw_private(blinded_msg), "big")
+        except BlindRSAError as exc:
+            raise SigningFailure(f"signing failure: {exc}") from None
+    if gmpy2.powmod(s, pk._e, pk._n) != m:
         raise SigningFailure("signing failure: the signature failed the fault check")
     blind_sig: bytes = s.to_bytes(k, "big")
     return blind_sig
@@ -360,6 +392,33 @@ def verify(variant: Variant, pk: BlindPublicKey, prepared_msg: bytes, sig: bytes
     em = m.to_bytes((em_bits + 7) // 8, "big")
     if not _pss.emsa_pss_verify(prepared_msg, em, em_bits, variant.salt_len):
         raise VerificationError(_INVALID_SIGNATURE)
+
+
+def _openssl_key(key: rsa.RSAPrivateKey, public: BlindPublicKey) -> _openssl_rsa.OpenSSLRSAKey:
+    """The key inside the system's libcrypto; the DER passed to it is dropped on return."""
+    der = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    private = _openssl_rsa.OpenSSLRSAKey(der)
+    if private.modulus_len != public.modulus_len:
+        raise InvalidKey("OpenSSL reads the key with another modulus length")
+    return private
+
+
+def _crt_key(key: rsa.RSAPrivateKey, public: BlindPublicKey) -> _Crt:
+    """The CRT parameters as ``gmpy2.mpz``, converted once per key."""
+    numbers = key.private_numbers()
+    mpz = gmpy2.mpz
+    return _Crt(
+        p=mpz(numbers.p),
+        q=mpz(numbers.q),
+        dp=mpz(numbers.dmp1),
+        dq=mpz(numbers.dmq1),
+        qinv=mpz(numbers.iqmp),
+        n=public._n,
+    )
 
 
 def _rsasp1_crt(crt: _Crt, m: _Mpz) -> _Mpz:

@@ -12,7 +12,7 @@ The tree::
         ├── InvalidInput         wrong length or out of range
         ├── InvalidKey           key too small, malformed, or not the published encoding
         ├── BlindingError        the blinding factor has no inverse
-        ├── SigningFailure       the fault check failed: no signature is returned
+        ├── SigningFailure       RSASP1 failed or its result failed the fault check
         └── VerificationError    the signature does not verify
 
 Every error carries a message safe to log: no key material, no plaintext.

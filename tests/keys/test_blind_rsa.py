@@ -1,4 +1,7 @@
-"""RFC 9474 blind RSA: the published vectors, an interop vector, round trips and refusals."""
+"""RFC 9474 blind RSA: the published vectors, an interop vector, round trips and refusals.
+
+Every test that holds a private key runs once per RSASP1 backend (OpenSSL and gmpy2).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keys import _openssl_rsa
 from keys.blind_rsa import (
+    Backend,
     BlindingError,
     BlindingResult,
     BlindPrivateKey,
@@ -38,6 +43,17 @@ from keys.errors import BlindRSAError, KeysError
 VECTORS = Path(__file__).parent / "vectors"
 RFC9474 = json.loads((VECTORS / "rfc9474" / "test_vectors_rfc9474.json").read_text())
 PRIVACY_PASS = json.loads((VECTORS / "rfc9578" / "blind_rsa_2048.json").read_text())
+
+OPENSSL = _openssl_rsa.availability()
+BACKENDS = [
+    pytest.param(
+        "openssl",
+        marks=pytest.mark.skipif(
+            not OPENSSL.available, reason=f"no usable system libcrypto: {OPENSSL.detail}"
+        ),
+    ),
+    "gmpy2",
+]
 
 # The algorithm identifier every RFC 9578 issuer key starts with (after the outer header).
 PSS_SHA384_ALGORITHM = bytes.fromhex(
@@ -65,7 +81,14 @@ def no_randomness(size: int) -> bytes:
 
 
 def private_key_from(
-    p: int, q: int, e: int, d: int, *, skip_checks: bool = False, **crt: int
+    p: int,
+    q: int,
+    e: int,
+    d: int,
+    *,
+    backend: Backend,
+    skip_checks: bool = False,
+    **crt: int,
 ) -> BlindPrivateKey:
     """A key from its primes; ``crt`` overrides ``dmp1``, ``dmq1`` or ``iqmp``."""
     numbers = rsa.RSAPrivateNumbers(
@@ -78,7 +101,8 @@ def private_key_from(
         public_numbers=rsa.RSAPublicNumbers(e=e, n=p * q),
     )
     assert not crt, f"unknown CRT parameters {sorted(crt)}"
-    return BlindPrivateKey(numbers.private_key(unsafe_skip_rsa_key_validation=skip_checks))
+    key = numbers.private_key(unsafe_skip_rsa_key_validation=skip_checks)
+    return BlindPrivateKey(key, backend=backend)
 
 
 def flip_bit(data: bytes, bit: int) -> bytes:
@@ -87,18 +111,31 @@ def flip_bit(data: bytes, bit: int) -> bytes:
     return bytes(out)
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    name: Backend = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def vector_key() -> BlindPrivateKey:
+def vector_key(backend: Backend) -> BlindPrivateKey:
     first = RFC9474[0]
     assert all(v[x] == first[x] for v in RFC9474 for x in ("p", "q", "e", "d", "n"))
-    sk = private_key_from(*(int(first[x], 16) for x in ("p", "q", "e", "d")))
+    sk = private_key_from(*(int(first[x], 16) for x in ("p", "q", "e", "d")), backend=backend)
     assert sk.public_key().n == int(first["n"], 16)
+    assert sk.backend == backend
     return sk
 
 
 @pytest.fixture(scope="module")
-def keys_2048() -> list[BlindPrivateKey]:
-    return [generate_private_key(2048) for _ in range(2)]
+def rsa_2048() -> list[rsa.RSAPrivateKey]:
+    """Two fresh keys, shared by both backends' ``keys_2048``."""
+    return [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def keys_2048(rsa_2048: list[rsa.RSAPrivateKey], backend: Backend) -> list[BlindPrivateKey]:
+    return [BlindPrivateKey(key, backend=backend) for key in rsa_2048]
 
 
 # --- RFC 9474 Appendix A ---------------------------------------------------------------
@@ -332,7 +369,8 @@ def test_wrong_lengths_and_ranges_are_refused(keys_2048: list[BlindPrivateKey]) 
     result = blind(variant, pk, input_msg)
     blind_sig = blind_sign(sk, result.blinded_msg)
 
-    for blinded in (result.blinded_msg[1:], result.blinded_msg + b"\x00", b"", n_bytes):
+    too_big = b"\xff" * k
+    for blinded in (result.blinded_msg[1:], result.blinded_msg + b"\x00", b"", n_bytes, too_big):
         with pytest.raises(InvalidInput):
             blind_sign(sk, blinded)
     for answer in (blind_sig[1:], b"\x00" + blind_sig, n_bytes):
@@ -350,6 +388,23 @@ def test_wrong_lengths_and_ranges_are_refused(keys_2048: list[BlindPrivateKey]) 
             verify(variant, pk, input_msg, bad)
 
 
+def _vector_key_with_faults(backend: Backend, **faults: int) -> BlindPrivateKey:
+    """The RFC 9474 key with some of d, dmp1, dmq1, iqmp XORed with the given masks.
+
+    A flipped bit 1 keeps each value odd and in range, so ``cryptography`` accepts the numbers
+    once its consistency check is skipped, as a fault in memory would leave them.
+    """
+    p, q, e, d = (int(RFC9474[0][x], 16) for x in ("p", "q", "e", "d"))
+    crt = {
+        "dmp1": rsa.rsa_crt_dmp1(d, p) ^ faults.pop("dmp1", 0),
+        "dmq1": rsa.rsa_crt_dmq1(d, q) ^ faults.pop("dmq1", 0),
+        "iqmp": rsa.rsa_crt_iqmp(p, q) ^ faults.pop("iqmp", 0),
+    }
+    d ^= faults.pop("d", 0)
+    assert not faults, f"unknown parameters {sorted(faults)}"
+    return private_key_from(p, q, e, d, backend=backend, skip_checks=True, **crt)
+
+
 @pytest.mark.parametrize("component", ["dmp1", "dmq1", "iqmp"])
 def test_blind_sign_fault_check_refuses_an_inconsistent_key(
     vector_key: BlindPrivateKey, component: str
@@ -357,22 +412,26 @@ def test_blind_sign_fault_check_refuses_an_inconsistent_key(
     """A faulty half (d mod p-1, d mod q-1) or a faulty recombination (q^-1 mod p) is caught.
 
     Released, such a signature s would give away a factor: gcd(s^e - m, n) (RFC 9474 Section
-    7.1). The flipped bit keeps the value odd and in range, so ``cryptography`` accepts the
-    numbers once its consistency check is skipped, as a fault in memory would leave them.
+    7.1). d is faulty too: OpenSSL checks its CRT result itself and, on a mismatch, recomputes
+    m^d mod n without the CRT, so only a wrong d as well lets a wrong value reach our check
+    (gmpy2 does not use d).
     """
-    numbers = vector_key.key.private_numbers()
-    faulty = private_key_from(
-        numbers.p,
-        numbers.q,
-        numbers.public_numbers.e,
-        numbers.d,
-        skip_checks=True,
-        **{component: getattr(numbers, component) ^ 2},
-    )
+    faulty = _vector_key_with_faults(vector_key.backend, d=2, **{component: 2})
     blinded = bytes.fromhex(RFC9474[0]["blinded_msg"])
-    with pytest.raises(SigningFailure, match=r"^signing failure"):
+    with pytest.raises(SigningFailure, match=r"^signing failure: the signature failed"):
         blind_sign(faulty, blinded)
     assert blind_sign(vector_key, blinded).hex() == RFC9474[0]["blind_sig"]
+
+
+@pytest.mark.skipif(not OPENSSL.available, reason=f"no usable system libcrypto: {OPENSSL.detail}")
+@pytest.mark.parametrize("component", ["dmp1", "dmq1", "iqmp"])
+def test_openssl_replaces_a_faulty_crt_result_itself(component: str) -> None:
+    """With d intact, OpenSSL's own check turns a faulty CRT parameter into the right answer."""
+    faulty = _vector_key_with_faults("openssl", **{component: 2})
+    blinded = bytes.fromhex(RFC9474[0]["blinded_msg"])
+    assert blind_sign(faulty, blinded).hex() == RFC9474[0]["blind_sig"]
+    with pytest.raises(SigningFailure):  # the same numbers on gmpy2
+        blind_sign(_vector_key_with_faults("gmpy2", **{component: 2}), blinded)
 
 
 def _rsasp1_reference(sk: BlindPrivateKey, m: int) -> bytes:
