@@ -458,6 +458,9 @@ class Mint:
                 raise DenominationExpired("the denomination does not accept withdrawals now")
             if len(blinded) != denomination.key.modulus_len:
                 raise MalformedCoinRequest("a blinded message has the wrong size")
+            if int.from_bytes(blinded, "big") >= denomination.key.n:
+                # RFC 9474 §4.3 refuses it too, but only after the debit: refuse it here.
+                raise MalformedCoinRequest("a blinded message is not below the key's modulus")
             denominations.append(denomination)
         points = sum(d.value for d in denominations)
         stored = self._claim_withdrawal(pseudonym, request_id, digest, points)
@@ -487,8 +490,10 @@ class Mint:
             ]
         except KeyError:
             raise DenominationExpired("the denomination stopped accepting withdrawals") from None
-        except BlindRSAError as exc:
-            raise MalformedCoinRequest(f"a blinded message cannot be signed: {exc}") from None
+        except BlindRSAError:  # the inputs were checked: a fault on the mint's side (503)
+            # The debit stands and the claim stays pending: a retry of the same request
+            # replays the debit and signs again.
+            raise LedgerStoreError("the mint could not sign the coins; retry") from None
         w = withdrawals_table
         with self.engine.begin() as conn:
             conn.execute(

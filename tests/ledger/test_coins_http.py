@@ -306,6 +306,8 @@ def test_withdrawal_refusals(town: Town) -> None:
     assert town.balance() == 20
     headers = {"Authorization": f"Bearer {town.citizen_token}"}
     partner = {"Authorization": f"Bearer {town.shops[0].token}"}
+    one = next(d for d in town.wallet.denominations() if d.value == 1)
+    above_n = b64encode(b"\xff" * one.key.modulus_len)
     for body, who, status, slug in [
         ({"request_id": "short", "coins": []}, headers, 400, "malformed-request"),
         (
@@ -324,6 +326,15 @@ def test_withdrawal_refusals(town: Town) -> None:
             "unknown-denomination",
         ),
         ({"request_id": "x" * 20, "coins": []}, partner, 403, "insufficient-scope"),
+        (  # the right size, but not below the modulus: refused before anything is debited
+            {
+                "request_id": "y" * 20,
+                "coins": [{"denomination": one.id.hex(), "blinded_message": above_n}],
+            },
+            headers,
+            400,
+            "malformed-request",
+        ),
     ]:
         answer = httpx.post(town.url + "/v1/wallet/withdrawals", json=body, headers=who)
         assert answer.status_code == status, answer.text
