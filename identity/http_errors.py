@@ -14,13 +14,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from identity.observability import request_id_var
 from ledger.api import (
     BatchTooLarge,
+    BodyTooLarge,
     EntryNotFound,
     InsufficientScope,
     InvalidAct,
@@ -68,6 +69,7 @@ LEDGER_PROBLEMS: Mapping[type[LedgerError], tuple[int, str]] = {
     InsufficientScope: (403, "insufficient-scope"),
     InvalidAct: (422, "invalid-act"),
     BatchTooLarge: (413, "batch-too-large"),
+    BodyTooLarge: (413, "request-too-large"),
     UnknownSubject: (422, "unknown-subject"),
     EntryNotFound: (404, "entry-not-found"),
     InvalidParameter: (400, "invalid-parameter"),
@@ -164,10 +166,6 @@ def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, ClientDisconnect):
-        # The client went away while sending its body: nothing to answer, nothing failed.
-        log.info("client disconnected")
-        return JSONResponse({}, status_code=400)
     log.error("unhandled error", exc_info=exc)
     if _is_api(request):
         return problem(request, 500, "internal-error", "Internal error")
@@ -198,8 +196,16 @@ def install(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _unexpected(request, exc)
 
+    async def on_disconnect(_request: Request, _exc: Exception) -> Response:
+        # The client went away while sending its body: nothing to answer, nothing failed.
+        # Handled here, not by the Exception handler, which Starlette's ServerErrorMiddleware
+        # re-raises after answering, so that the server logs an error for every such request.
+        log.info("client disconnected")
+        return Response(status_code=400)
+
     app.add_exception_handler(OAuthError, on_oauth)
     app.add_exception_handler(LedgerError, on_ledger)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

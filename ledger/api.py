@@ -86,6 +86,7 @@ __all__ = [
     "MAX_BATCH",
     "Authenticator",
     "BatchTooLarge",
+    "BodyTooLarge",
     "Caller",
     "EntryNotFound",
     "InsufficientScope",
@@ -99,9 +100,12 @@ __all__ = [
     "caller_with",
     "ledger_router",
     "presented",
+    "read_body",
 ]
 
 MAX_BATCH = 500
+MAX_BODY = 1 << 20
+"""Bytes of a request body the partner and wallet APIs read (a full batch of acts is ~150 KB)."""
 ACTS_WRITE = "acts:write"
 POINTS = "points"
 AUDIT = "audit"
@@ -131,6 +135,10 @@ class InvalidAct(LedgerError):
 
 class BatchTooLarge(LedgerError):
     """The batch holds more acts than allowed."""
+
+
+class BodyTooLarge(LedgerError):
+    """The request body is larger than the API accepts."""
 
 
 class UnknownSubject(LedgerError):
@@ -290,6 +298,20 @@ def _parse_act(raw: object) -> _Act:
         key,
         hashlib.sha256(canonical).digest(),
     )
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request body, refused with :class:`BodyTooLarge` once it passes ``limit`` bytes,
+    declared or sent: nothing larger is held in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+    return bytes(body)
 
 
 def _parse_body(body: bytes) -> tuple[bool, list[object]]:
@@ -551,7 +573,7 @@ async def post_acts(request: Request) -> Response:
         raise InsufficientScope("only a partner's client-credentials token may record acts")
     partner = caller.partner
     service = _service(request)
-    batch, raw = _parse_body(await request.body())
+    batch, raw = _parse_body(await read_body(request))
     acts: list[_Act | LedgerError] = []
     for item in raw:
         try:

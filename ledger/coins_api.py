@@ -34,7 +34,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ledger.api import InsufficientScope, InvalidParameter, caller_with
+from ledger.api import InsufficientScope, InvalidParameter, caller_with, read_body
 from ledger.coins import Coin, CoinError, b64decode, b64encode, hex_id
 from ledger.mint import MalformedCoinRequest, Mint, PaidCoin
 
@@ -44,7 +44,6 @@ POINTS_REDEEM = "points:redeem"
 DEPOSITS_WRITE = "deposits:write"
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_MAX_BODY = 1 << 20
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -54,9 +53,7 @@ def _mint(request: Request) -> Mint:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise MalformedCoinRequest("the request body is too large")
+    raw = await read_body(request)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

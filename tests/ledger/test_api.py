@@ -4,9 +4,12 @@ the FranceConnect simulator; citizens read their points and verify a receipt off
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -255,6 +258,7 @@ def test_tokens_and_bad_bodies_get_problems_never_500(world: World) -> None:
         (bad_digest, 422, "invalid-act"),
         ({"acts": []}, 422, "invalid-act"),
         ({"acts": [act(world.sub, f"k{i}") for i in range(501)]}, 413, "batch-too-large"),
+        (b" " * (1 << 20) + b"{}", 413, "request-too-large"),
         (act(world.sub, "z", when=datetime.now(UTC) + timedelta(days=1)), 422, "invalid-act"),
     ]
     for body, status, slug in cases:
@@ -269,6 +273,30 @@ def test_tokens_and_bad_bodies_get_problems_never_500(world: World) -> None:
     assert httpx.get(world.url + "/ledger/tile/0/000.p/1").status_code == 200
     assert httpx.get(world.url + "/ledger/tile/entries/000.p/1").status_code == 404
     assert httpx.get(world.url + "/ledger/tile/nonsense").status_code == 404
+
+
+def test_a_client_gone_mid_body_is_no_server_error(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partner that disconnects while sending its body (every load generator does when it
+    stops) is logged at info, not as an unhandled ASGI error."""
+    url = httpx.URL(world.url)
+    head = (
+        f"POST /v1/acts HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Authorization: Bearer {world.partner_token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection((url.host, url.port or 80)) as sock:
+            sock.sendall(head.encode() + b'{"acts": [')
+            time.sleep(0.3)  # the server has authenticated and is waiting for the rest
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if any(r.getMessage() == "client disconnected" for r in caplog.records):
+                break
+            time.sleep(0.05)
+    assert any(r.getMessage() == "client disconnected" for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_auditor_verifies_online(world: World, tmp_path: Path) -> None:
