@@ -4,7 +4,9 @@ Everything here runs on the citizen's device. The ledger sees blinded messages a
 coins at deposit, and nothing connects the two: the coin key pair, the RFC 9474 randomizer and
 the blinding factor never leave the wallet (the blinding factor is dropped once the coin is
 finalized). :class:`WalletClient` speaks HTTP to the service; :class:`CoinPurse` keeps coins in
-a JSON file (it holds private keys: the file is created ``0600``).
+a JSON file (it holds private keys: the file is created ``0600``), changed only under an
+exclusive lock on a sibling ``<file>.lock`` so that two wallet processes never lose each other's
+changes.
 
 Denominations are trusted only once checked: their list is signed by the ledger key the wallet
 pins, each key's announcement entry matches it, and that entry is in the log (an inclusion
@@ -18,8 +20,11 @@ import base64
 import json
 import os
 import secrets
+import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,11 @@ from ledger.coins import (
 from ledger.errors import LedgerError
 from ledger.merkle import leaf_hash, verify_inclusion
 
+if sys.platform == "win32":
+    import msvcrt
+else:
+    import fcntl
+
 __all__ = [
     "CoinPurse",
     "OwnedCoin",
@@ -57,7 +67,11 @@ __all__ = [
     "finish_withdrawal",
     "pay",
     "prepare_withdrawal",
+    "write_private",
 ]
+
+#: How long a wallet waits for another wallet process to let go of the coin file.
+LOCK_TIMEOUT = 10.0
 
 
 class WalletError(LedgerError):
@@ -256,21 +270,72 @@ def pay(
 
 
 class CoinPurse:
-    """Coins kept in a JSON file (private keys inside: created with mode 0600)."""
+    """Coins kept in a JSON file (private keys inside: created with mode 0600).
 
-    def __init__(self, path: Path) -> None:
+    Every read and write of the file happens under :meth:`locked`, an exclusive lock on the
+    sibling ``<file>.lock``; a caller that reads, decides and writes (pay, withdraw) holds it
+    from the read to the last write, so two wallet processes never lose each other's changes.
+    """
+
+    def __init__(self, path: Path, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.path = path
+        self.lock_timeout = lock_timeout
+        self._guard = threading.RLock()
+        self._lock_fd: int | None = None
+        self._depth = 0
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the coin file for this purse alone: other processes (and threads) wait up to
+        ``lock_timeout`` seconds, then get a WalletError. Re-entrant within one purse, so the
+        methods below, which lock for themselves, can be called inside."""
+        deadline = time.monotonic() + self.lock_timeout
+        if not self._guard.acquire(timeout=self.lock_timeout):
+            raise self._busy()
+        try:
+            if self._depth == 0:
+                self._lock_fd = _lock_file(self.lock_path, deadline)
+                if self._lock_fd is None:
+                    raise self._busy()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._lock_fd is not None:
+                    _unlock_file(self._lock_fd)
+                    self._lock_fd = None
+        finally:
+            self._guard.release()
+
+    def _busy(self) -> WalletError:
+        return WalletError(
+            f"another wallet process holds the coin file {self.path} "
+            f"(waited {self.lock_timeout:g} s): try again once it is done"
+        )
 
     def _read(self) -> tuple[list[OwnedCoin], PendingWithdrawal | None]:
-        if not self.path.exists():
-            return [], None
-        try:
-            raw = json.loads(self.path.read_text("utf-8"))
-            coins = [OwnedCoin.from_json(item) for item in raw["coins"]]
-            pending = raw.get("pending")
-            return coins, None if pending is None else PendingWithdrawal.from_json(pending)
-        except (ValueError, KeyError, TypeError, AttributeError, CoinError, BlindRSAError) as exc:
-            raise WalletError(f"{self.path} is not a coin file: {exc}") from None
+        with self.locked():
+            if not self.path.exists():
+                return [], None
+            try:
+                raw = json.loads(self.path.read_text("utf-8"))
+                coins = [OwnedCoin.from_json(item) for item in raw["coins"]]
+                pending = raw.get("pending")
+                return coins, None if pending is None else PendingWithdrawal.from_json(pending)
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+                CoinError,
+                BlindRSAError,
+            ) as exc:
+                raise WalletError(f"{self.path} is not a coin file: {exc}") from None
 
     def load(self) -> list[OwnedCoin]:
         """The coins held."""
@@ -281,21 +346,18 @@ class CoinPurse:
         return self._read()[1]
 
     def save(self, coins: Sequence[OwnedCoin], *, pending: PendingWithdrawal | None = None) -> None:
-        """Write the coins (and a pending withdrawal) atomically, readable by the owner only."""
+        """Write the coins (and a pending withdrawal) atomically, readable by the owner only.
+        Hold :meth:`locked` since reading what ``coins`` was made from."""
         document: dict[str, Any] = {"coins": [c.to_json() for c in coins]}
         if pending is not None:
             document["pending"] = pending.to_json()
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        with self.locked():
+            write_private(self.path, json.dumps(document, indent=1))
 
     def take(self, amount: int, *, now: int | None = None) -> list[OwnedCoin]:
         """Fewest coins adding up to exactly ``amount``, skipping coins whose denomination no
-        longer accepts deposits; raises WalletError if no combination does."""
+        longer accepts deposits; raises WalletError if no combination does. The coins stay in
+        the file until :meth:`remove`: hold :meth:`locked` across both."""
         t = int(time.time()) if now is None else now
         usable = sorted((c for c in self.load() if t < c.deposit_until), key=lambda c: -c.value)
         # best[total] = the fewest coins (as indexes into usable) adding up to total
@@ -312,9 +374,68 @@ class CoinPurse:
         return [usable[i] for i in best[amount]]
 
     def remove(self, spent: Iterable[OwnedCoin]) -> None:
+        """Drop the ``spent`` coins from the file."""
         gone = {c.coin.coin for c in spent}
-        coins, pending = self._read()
-        self.save([c for c in coins if c.coin.coin not in gone], pending=pending)
+        with self.locked():
+            coins, pending = self._read()
+            self.save([c for c in coins if c.coin.coin not in gone], pending=pending)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably (a temporary file, fsynced, renamed
+    over it, the directory fsynced), readable by the owner only (mode 0600)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; Windows cannot open a directory)."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_file(path: Path, deadline: float) -> int | None:
+    """An open descriptor of ``path`` (created 0600) holding its exclusive lock, or None if
+    another process still holds it at ``deadline`` (a monotonic time)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    while True:
+        try:
+            if sys.platform == "win32":
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:  # BlockingIOError (POSIX), PermissionError (Windows): held elsewhere
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                os.close(fd)
+                return None
+            time.sleep(min(0.02, remaining))
+
+
+def _unlock_file(fd: int) -> None:
+    try:
+        if sys.platform == "win32":
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 class WalletClient:
@@ -341,24 +462,35 @@ class WalletClient:
     ) -> list[OwnedCoin]:
         """Withdraw ``amount`` points as coins. With a ``purse``, the pending withdrawal is
         written to it before the request is sent and the coins after the answer, so a lost
-        answer is recovered by :meth:`resume` (the mint answers the same request id once)."""
-        if purse is not None and purse.pending() is not None:
-            raise WalletError("a withdrawal is still pending: resume it first")
-        items = self.denominations() if denominations is None else denominations
-        pending = PendingWithdrawal(
-            secrets.token_urlsafe(24), tuple(prepare_withdrawal(items, amount))
-        )
-        if purse is not None:
+        answer is recovered by :meth:`resume` (the mint answers the same request id once). The
+        purse stays locked throughout, so no other wallet process writes over either."""
+        if purse is None:
+            return self._send(self._prepare(amount, denominations), None)
+        with purse.locked():
+            if purse.pending() is not None:
+                raise WalletError("a withdrawal is still pending: resume it first")
+            pending = self._prepare(amount, denominations)
             purse.save(purse.load(), pending=pending)
-        return self._send(pending, purse)
+            return self._send(pending, purse)
 
     def resume(self, purse: CoinPurse) -> list[OwnedCoin]:
         """Send the purse's pending withdrawal again and keep its coins (none if nothing is
-        pending)."""
-        pending = purse.pending()
-        return [] if pending is None else self._send(pending, purse)
+        pending), the purse locked throughout."""
+        with purse.locked():
+            pending = purse.pending()
+            return [] if pending is None else self._send(pending, purse)
+
+    def _prepare(
+        self, amount: int, denominations: Sequence[Denomination] | None
+    ) -> PendingWithdrawal:
+        items = self.denominations() if denominations is None else denominations
+        return PendingWithdrawal(
+            secrets.token_urlsafe(24), tuple(prepare_withdrawal(items, amount))
+        )
 
     def _send(self, pending: PendingWithdrawal, purse: CoinPurse | None) -> list[OwnedCoin]:
+        """Send ``pending``; with a ``purse`` (which the caller holds locked since writing
+        ``pending`` to it), clear it or add the coins."""
         headers = {"Authorization": f"Bearer {self.access_token}"}
         body = pending.body()
         try:

@@ -18,7 +18,9 @@ stand for the other options. ``withdraw`` writes the pending request (with the b
 secrets) to the coin file before sending it; if the answer is lost, ``resume`` sends the same
 request again and the mint answers it without a second debit. ``pay`` works offline: it
 writes the deposit body for the partner (to ``--out`` or standard output) and only then
-removes the coins from the file.
+removes the coins from the file. Each command holds an exclusive lock on ``FILE.lock`` while it
+uses the coin file (``withdraw`` and ``resume`` until the service has answered); another
+command on the same file waits up to 10 seconds for it, then fails.
 
 Exit codes: 0 done; 1 refused or failed (the service said no, the network, a file); 2 a usage
 error. Errors are printed as one line, without a stack trace.
@@ -27,7 +29,6 @@ error. Errors are printed as one line, without a stack trace.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ from ledger.wallet import (
     WalletClient,
     fetch_denominations,
     pay,
+    write_private,
 )
 
 EXIT_FAILED = 1
@@ -194,7 +196,7 @@ def withdraw_command(
 ) -> None:
     """Withdraw AMOUNT points as blind-signed coins into the coin file."""
     purse = CoinPurse(coins)
-    with _failures(), _wallet(url, key, token) as wallet:
+    with _failures(), _wallet(url, key, token) as wallet, purse.locked():
         purse.load()  # a broken coin file stops us before any point is debited
         new = wallet.withdraw(amount, purse=purse)
         held = purse.load()
@@ -215,7 +217,7 @@ def resume_command(
 ) -> None:
     """Send a withdrawal whose answer was lost again and keep its coins (debited once)."""
     purse = CoinPurse(coins)
-    with _failures(), _wallet(url, key, token) as wallet:
+    with _failures(), _wallet(url, key, token) as wallet, purse.locked():
         if purse.pending() is None:
             out.print("no withdrawal is pending")
             return
@@ -270,7 +272,7 @@ def pay_command(
 ) -> None:
     """Pay a payment request (offline): write the deposit body, then drop the coins paid."""
     purse = CoinPurse(coins)
-    with _failures():
+    with _failures(), purse.locked():  # from choosing the coins to dropping them
         chosen = purse.take(amount)
         try:
             body = pay(chosen, PaymentRequest(partner, order, amount))
@@ -281,7 +283,7 @@ def pay_command(
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            _write_private(out_file, text)
+            write_private(out_file, text)  # 0600: until deposited, the coins can be
         purse.remove(chosen)
         left = _total(purse.load())
     where = f" (written to {out_file})" if out_file else ""
@@ -292,17 +294,6 @@ def pay_command(
         ),
         highlight=False,
     )
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (mode 0600: until deposited, the coins can be)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def main() -> None:
