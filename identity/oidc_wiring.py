@@ -114,17 +114,19 @@ def read_clients_file(path: Path) -> list[Client]:
 
 def sector_fetcher(settings: Settings) -> SectorFetcher:
     """The fetcher of ``sector_identifier_uri`` documents: the default trust store, or only
-    the CA certificates of ``NICECARD_SECTOR_IDENTIFIER_CA_FILE``."""
+    the CA certificates of ``NICECARD_SECTOR_IDENTIFIER_CA_FILE``; public addresses only
+    unless ``NICECARD_SECTOR_IDENTIFIER_ALLOW_PRIVATE`` (on by default in development)."""
+    allow_private = settings.sector_identifier_private_allowed
     path = settings.sector_identifier_ca_file
     if path is None:
-        return SectorFetcher()
+        return SectorFetcher(allow_private_addresses=allow_private)
     try:
         context = ssl.create_default_context(cafile=str(path))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(
             f"NICECARD_SECTOR_IDENTIFIER_CA_FILE: cannot load {path} ({type(exc).__name__})"
         ) from None
-    return SectorFetcher(verify=context)
+    return SectorFetcher(verify=context, allow_private_addresses=allow_private)
 
 
 def check_sectors(clients: list[Client], registry: ClientRegistry, fetch: SectorFetch) -> None:

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     #: CA certificates (PEM) that alone are trusted when fetching clients' sector_identifier_uri
     #: documents (a private PKI); unset: the default trust store
     sector_identifier_ca_file: Path | None = None
+    #: also fetch sector_identifier_uri documents from loopback, private, link-local and other
+    #: non-public addresses (a local sector host); default: on in development, off in
+    #: production, where turning it on is refused
+    sector_identifier_allow_private: bool | None = None
     #: lifetime of JWT access tokens in seconds (RFC 9068): short, they cannot be recalled
     access_token_ttl: int = Field(default=300, ge=30, le=3600)
     #: how long a server process trusts its copy of a client registration, in seconds
@@ -180,6 +184,11 @@ class Settings(BaseSettings):
             self.registration_token.get_secret_value()
         ):
             problems.append("NICECARD_REGISTRATION_TOKEN is a placeholder value")
+        if self.sector_identifier_allow_private:
+            problems.append(
+                "NICECARD_SECTOR_IDENTIFIER_ALLOW_PRIVATE must be false (registrants could make "
+                "the server fetch from its own network)"
+            )
         if self.kek_file is not None and self.kek_file.resolve() == self.dev_kek_path.resolve():
             problems.append("NICECARD_KEK_FILE points at the generated development key")
         return problems
@@ -203,6 +212,12 @@ class Settings(BaseSettings):
         if self.fc_issuer:
             return self.fc_issuer.rstrip("/")
         return self.fc_simulator_issuer
+
+    @property
+    def sector_identifier_private_allowed(self) -> bool:
+        if self.sector_identifier_allow_private is None:
+            return self.is_development
+        return self.sector_identifier_allow_private
 
     @property
     def effective_ledger_origin(self) -> str:

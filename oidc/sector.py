@@ -13,13 +13,24 @@ every registration path already runs off the event loop (the CLI, the clients fi
 thread at start, RFC 7591 registration in a worker thread). Certificates are checked against
 the default trust store unless another TLS context is given (a private CA, or a test's).
 
+The fetch is no way into the OP's own network (server-side request forgery): the host is
+resolved once, every address that is not globally routable (:func:`is_public_address`:
+loopback, private, link-local, shared, multicast, reserved...) is dropped, and the request is
+sent to one of the remaining addresses themselves, never to the name again, so a DNS answer that
+changes between the check and the connection (DNS rebinding) cannot steer it inside. The
+original host still goes in the ``Host`` header, in TLS SNI and in the certificate check. A
+host with no public address is refused. Development and tests whose sector host is local pass
+``allow_private_addresses=True``.
+
 Every failure raises :class:`oidc.clients.InvalidClientMetadata` naming
 ``sector_identifier_uri``; the description never quotes the fetched document.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -38,9 +49,52 @@ SectorFetch = Callable[[str], Sequence[str]]
 """``sector_identifier_uri`` → the redirect URIs its document lists, or
 :class:`InvalidClientMetadata`."""
 
+Resolve = Callable[[str, int], Sequence[str]]
+"""(host, port) → the host's addresses, most preferred first; ``OSError`` if it has none."""
+
+#: RFC 6052 well-known NAT64 prefix: the last 32 bits are the IPv4 address reached
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
 
 def _refused(reason: str) -> InvalidClientMetadata:
     return InvalidClientMetadata(f"sector_identifier_uri: {reason}")
+
+
+def resolve_with_getaddrinfo(host: str, port: int) -> list[str]:
+    """The host's TCP addresses in ``getaddrinfo`` order (RFC 6724 preference), once each."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in found))
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is a globally routable unicast address the OP may connect to.
+
+    Refused: anything :attr:`ipaddress.IPv4Address.is_global` refuses (RFC 1918 and RFC 4193
+    private, loopback, link-local, 100.64.0.0/10 shared, documentation, benchmarking...) and
+    also multicast, reserved, unspecified and IPv6 site-local addresses, scoped IPv6 addresses,
+    and Teredo. An IPv6 address carrying an IPv4 one (IPv4-mapped, NAT64 ``64:ff9b::/96``,
+    6to4) is judged by that IPv4 address too. Not an IP address: refused."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_public_address(str(ip.ipv4_mapped))
+        if ip in _NAT64:
+            return is_public_address(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+        if ip.sixtofour is not None and not is_public_address(str(ip.sixtofour)):
+            return False
+        if ip.teredo is not None or ip.is_site_local or ip.scope_id is not None:
+            return False
+    return ip.is_global and not (
+        ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+    )
 
 
 class SectorFetcher:
@@ -53,47 +107,103 @@ class SectorFetcher:
         timeout: float = FETCH_TIMEOUT_SECONDS,
         max_bytes: int = MAX_DOCUMENT_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
+        allow_private_addresses: bool = False,
+        resolve: Resolve = resolve_with_getaddrinfo,
     ) -> None:
         """``verify``: the TLS context that checks the server's certificate; None for the
         default trust store (httpx's: ``SSL_CERT_FILE``/``SSL_CERT_DIR`` if set, else certifi's
-        Mozilla bundle). There is no way to turn the check off."""
+        Mozilla bundle). There is no way to turn the check off.
+
+        ``allow_private_addresses``: also fetch from hosts that are not globally routable
+        (development and tests only). ``resolve``: the name resolver (``getaddrinfo``)."""
         self._verify: ssl.SSLContext | bool = verify if verify is not None else True
         self._timeout = timeout
         self._max_bytes = max_bytes
         self._monotonic = monotonic
+        self._allow_private = allow_private_addresses
+        self._resolve = resolve
 
     def __call__(self, uri: str) -> tuple[str, ...]:
         parts = urlsplit(uri)
         if parts.scheme != "https" or not parts.hostname:
             raise _refused("must be an https URL")
-        return _redirect_uris(self._get(uri))
-
-    def _get(self, uri: str) -> bytes:
-        deadline = self._monotonic() + self._timeout
-        body = bytearray()
         try:
-            with (
-                httpx.Client(
-                    verify=self._verify, timeout=self._timeout, follow_redirects=False
-                ) as http,
-                http.stream("GET", uri, headers={"Accept": "application/json"}) as response,
-            ):
-                if response.is_redirect:
-                    raise _refused(f"answered HTTP {response.status_code}: redirects are refused")
-                if response.status_code != 200:
-                    raise _refused(f"answered HTTP {response.status_code}")
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self._max_bytes:
+            url = httpx.URL(uri)
+        except httpx.InvalidURL:
+            raise _refused("must be an https URL") from None
+        return _redirect_uris(self._get(url))
+
+    def addresses(self, host: str, port: int) -> tuple[str, ...]:
+        """The addresses a fetch from ``host`` may connect to, in the resolver's order: an IP
+        literal as it is, else the resolved ones; only public ones unless private addresses
+        are allowed. Refused when none is left or the host does not resolve."""
+        found = [host] if _is_ip_literal(host) else self._lookup(host, port)
+        allowed = tuple(a for a in found if self._allow_private or is_public_address(a))
+        if not allowed:
+            # Which internal address the name has is no business of the registrant's.
+            raise _refused("the host has no public internet address")
+        return allowed
+
+    def _lookup(self, host: str, port: int) -> Sequence[str]:
+        try:
+            found = self._resolve(host, port)
+        except (OSError, UnicodeError):
+            found = ()
+        if not found:
+            raise _refused("the host cannot be resolved")
+        return found
+
+    def _get(self, url: httpx.URL) -> bytes:
+        deadline = self._monotonic() + self._timeout
+        host = url.raw_host.decode("ascii")
+        addresses = self.addresses(host, url.port or 443)
+        failure = "ConnectError"
+        for address in addresses:
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                failure = "ConnectTimeout"
+                break
+            try:
+                return self._get_from(url, address, deadline, remaining)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure = type(exc).__name__  # the next address may answer
+            except httpx.HTTPError as exc:
+                raise _refused(f"cannot be fetched ({type(exc).__name__})") from None
+        raise _refused(f"cannot be fetched ({failure})")
+
+    def _get_from(self, url: httpx.URL, address: str, deadline: float, timeout: float) -> bytes:
+        """GET ``url`` from the server at ``address`` (pinned: no second name lookup), with the
+        URL's own host in the Host header, in TLS SNI and in the certificate check."""
+        pinned = url.copy_with(host=address)
+        extensions = {"sni_hostname": url.raw_host.decode("ascii")}
+        headers = {"Accept": "application/json", "Host": url.netloc.decode("ascii")}
+        body = bytearray()
+        with (
+            httpx.Client(verify=self._verify, timeout=timeout, follow_redirects=False) as http,
+            http.stream("GET", pinned, headers=headers, extensions=extensions) as response,
+        ):
+            if response.is_redirect:
+                raise _refused(f"answered HTTP {response.status_code}: redirects are refused")
+            if response.status_code != 200:
+                raise _refused(f"answered HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_bytes:
+                raise _refused(f"the document is larger than {self._max_bytes} bytes")
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self._max_bytes:
                     raise _refused(f"the document is larger than {self._max_bytes} bytes")
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise _refused(f"the document is larger than {self._max_bytes} bytes")
-                    if self._monotonic() > deadline:
-                        raise _refused(f"the document took more than {self._timeout:g} s")
-        except httpx.HTTPError as exc:
-            raise _refused(f"cannot be fetched ({type(exc).__name__})") from None
+                if self._monotonic() > deadline:
+                    raise _refused(f"the document took more than {self._timeout:g} s")
         return bytes(body)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _redirect_uris(body: bytes) -> tuple[str, ...]:

@@ -1,11 +1,14 @@
 """``sector_identifier_uri`` (OpenID Connect Core §8.1, Registration §5): the document is fetched
 from a real HTTPS server whose certificate comes from a throwaway CA, and checked to list every
-redirect URI; clients sharing a sector share pseudonyms."""
+redirect URI; clients sharing a sector share pseudonyms. The server is on loopback, which the
+fetcher refuses unless told that private addresses are allowed (no SSRF into the OP's network).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,14 +16,23 @@ import httpx
 import jwt
 import pytest
 from authlib.common.security import generate_token
+from pydantic import ValidationError
 
+from identity.settings import Mode, Settings
 from oidc.clients import AuthMethod, Client, InvalidClientMetadata
 from oidc.pairwise import sector_of
-from oidc.sector import MAX_DOCUMENT_BYTES, SectorFetcher, verify_sector_identifier
-from tests.conftest import _free_port
+from oidc.sector import (
+    MAX_DOCUMENT_BYTES,
+    Resolve,
+    SectorFetcher,
+    is_public_address,
+    resolve_with_getaddrinfo,
+    verify_sector_identifier,
+)
+from tests.conftest import _free_port, make_settings
 from tests.oidc.browser import Citizen
 from tests.oidc.conftest import OAuth2Client, Provider
-from tests.oidc.tls import HttpsServer, Route, TestCA, https_server
+from tests.oidc.tls import LOOPBACK, TEST_HOST, HttpsServer, Route, TestCA, https_server
 
 A_CB, B_CB = "https://a.example/cb", "https://b.example/cb"
 SECTOR_DOC = json.dumps([A_CB, B_CB, "https://c.example/elsewhere"]).encode()
@@ -66,8 +78,34 @@ def refusal(fetch: SectorFetcher, uri: str, *redirects: str) -> str:
     return info.value.description
 
 
+def local(
+    ca: TestCA | None = None, *, timeout: float = 5.0, resolve: Resolve | None = None
+) -> SectorFetcher:
+    """A fetcher allowed to reach the loopback test server, trusting ``ca`` if given."""
+    return SectorFetcher(
+        verify=ca.client_context() if ca is not None else None,
+        timeout=timeout,
+        allow_private_addresses=True,
+        resolve=resolve or resolve_with_getaddrinfo,
+    )
+
+
+class FakeDNS:
+    """A resolver answering from a table, counting lookups; unknown names fail like DNS."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.lookups: list[str] = []
+
+    def __call__(self, host: str, port: int) -> Sequence[str]:
+        self.lookups.append(host)
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.table[host]
+
+
 def test_a_document_listing_every_redirect_uri(ca: TestCA, server: HttpsServer) -> None:
-    fetch = SectorFetcher(verify=ca.client_context())
+    fetch = local(ca)
     uri = server.url("/sector.json")
     assert fetch(uri) == (A_CB, B_CB, "https://c.example/elsewhere")
     rp = client(A_CB, B_CB, sector=uri)
@@ -76,7 +114,7 @@ def test_a_document_listing_every_redirect_uri(ca: TestCA, server: HttpsServer) 
 
 
 def test_refusals(ca: TestCA, server: HttpsServer) -> None:
-    fetch = SectorFetcher(verify=ca.client_context())
+    fetch = local(ca)
     assert B_CB in refusal(fetch, server.url("/only-a.json"))
     assert "not JSON" in refusal(fetch, server.url("/not-json"))
     assert "JSON array" in refusal(fetch, server.url("/object.json"))
@@ -89,22 +127,139 @@ def test_refusals(ca: TestCA, server: HttpsServer) -> None:
 
 
 def test_plain_http_is_refused_without_a_request(ca: TestCA, server: HttpsServer) -> None:
-    fetch = SectorFetcher(verify=ca.client_context())
+    fetch = local(ca)
     plain = server.url("/sector.json").replace("https://", "http://")
     assert "https" in refusal(fetch, plain)
     assert server.hits == []
 
 
 def test_unreachable(ca: TestCA) -> None:
-    fetch = SectorFetcher(verify=ca.client_context(), timeout=2.0)
+    fetch = local(ca, timeout=2.0)
     reason = refusal(fetch, f"https://127.0.0.1:{_free_port()}/sector.json")
     assert "cannot be fetched (ConnectError)" in reason
 
 
 def test_the_default_trust_store_does_not_trust_the_test_ca(server: HttpsServer) -> None:
-    reason = refusal(SectorFetcher(), server.url("/sector.json"))
+    reason = refusal(local(), server.url("/sector.json"))
     assert "cannot be fetched" in reason
     assert server.hits == []  # the TLS handshake failed before any request
+
+
+# -- no fetch into the OP's own network (SSRF) --------------------------------------------------
+
+
+def test_loopback_hosts_are_refused_without_a_request(ca: TestCA, server: HttpsServer) -> None:
+    fetch = SectorFetcher(verify=ca.client_context())  # the default: public addresses only
+    by_name = server.url("/sector.json").replace(LOOPBACK, "localhost")
+    for uri in (server.url("/sector.json"), by_name):
+        assert "no public internet address" in refusal(fetch, uri)
+    assert server.hits == []
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("10.0.0.1", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # cloud metadata
+        ("100.64.0.1", False),  # carrier-grade NAT
+        ("127.0.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("192.0.2.1", False),  # documentation
+        ("::", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fe80::1%1", False),
+        ("fec0::1", False),  # site-local
+        ("fc00::1", False),
+        ("fd12:3456::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+        ("2001:db8::1", False),  # documentation
+        ("intranet", False),  # not an address
+        ("8.8.8.8", True),
+        ("1.1.1.1", True),
+        ("::ffff:8.8.8.8", True),
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("2001:4860:4860::8888", True),
+    ],
+)
+def test_address_check(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
+
+
+def test_a_name_with_mixed_addresses_keeps_only_public_ones() -> None:
+    dns = FakeDNS({"mixed.test": ["10.0.0.1", "8.8.8.8", "::1", "2001:4860:4860::8888"]})
+    fetch = SectorFetcher(resolve=dns)
+    assert fetch.addresses("mixed.test", 443) == ("8.8.8.8", "2001:4860:4860::8888")
+    assert dns.lookups == ["mixed.test"]
+    allowed = SectorFetcher(resolve=dns, allow_private_addresses=True)
+    assert allowed.addresses("mixed.test", 443) == (
+        "10.0.0.1",
+        "8.8.8.8",
+        "::1",
+        dns.table["mixed.test"][3],
+    )
+
+
+def test_a_name_with_only_internal_addresses_is_refused_without_naming_them(
+    ca: TestCA, server: HttpsServer
+) -> None:
+    dns = FakeDNS({TEST_HOST: ["10.1.2.3", LOOPBACK, "fd00::7"]})
+    uri = server.url("/sector.json").replace(LOOPBACK, TEST_HOST)
+    reason = refusal(SectorFetcher(verify=ca.client_context(), resolve=dns), uri)
+    assert reason == "sector_identifier_uri: the host has no public internet address"
+    assert server.hits == []
+
+
+def test_a_name_that_does_not_resolve(ca: TestCA) -> None:
+    fetch = SectorFetcher(verify=ca.client_context(), resolve=FakeDNS({}))
+    reason = refusal(fetch, "https://nowhere.test/sector.json")
+    assert reason == "sector_identifier_uri: the host cannot be resolved"
+    empty = SectorFetcher(resolve=FakeDNS({"empty.test": []}))
+    assert "cannot be resolved" in refusal(empty, "https://empty.test/sector.json")
+
+
+def test_the_checked_address_is_the_one_connected_to(ca: TestCA, server: HttpsServer) -> None:
+    """One lookup, then a connection to its answer: no second lookup a rebinding DNS server
+    could answer differently. The name still goes in Host, SNI and the certificate check."""
+    dns = FakeDNS({TEST_HOST: [LOOPBACK]})  # no real DNS knows this name
+    uri = server.url("/sector.json").replace(LOOPBACK, TEST_HOST)
+    assert local(ca, resolve=dns)(uri) == (A_CB, B_CB, "https://c.example/elsewhere")
+    assert dns.lookups == [TEST_HOST]
+    port = urlsplit(uri).port
+    assert server.hosts == [f"{TEST_HOST}:{port}"]
+
+
+def test_the_certificate_is_checked_against_the_name(ca: TestCA, server: HttpsServer) -> None:
+    dns = FakeDNS({"elsewhere.test": [LOOPBACK]})  # not a name the certificate holds
+    uri = server.url("/sector.json").replace(LOOPBACK, "elsewhere.test")
+    assert "cannot be fetched (ConnectError)" in refusal(local(ca, resolve=dns), uri)
+    assert server.hits == []
+
+
+def test_localhost_with_private_addresses_allowed(ca: TestCA, server: HttpsServer) -> None:
+    """getaddrinfo may answer ::1 first, where nothing listens: the next address is tried."""
+    uri = server.url("/sector.json").replace(LOOPBACK, "localhost")
+    assert local(ca)(uri) == (A_CB, B_CB, "https://c.example/elsewhere")
+    assert server.hits == ["/sector.json"]
+
+
+def test_private_addresses_are_allowed_in_development_only(tmp_path: Path) -> None:
+    assert make_settings(tmp_path).sector_identifier_private_allowed
+    off = make_settings(tmp_path, sector_identifier_allow_private=False)
+    assert not off.sector_identifier_private_allowed
+    assert not Settings.model_construct(mode=Mode.PRODUCTION).sector_identifier_private_allowed
+    with pytest.raises(ValidationError, match="NICECARD_SECTOR_IDENTIFIER_ALLOW_PRIVATE"):
+        make_settings(tmp_path, mode="production", sector_identifier_allow_private=True)
 
 
 # -- through dynamic registration (RFC 7591) over HTTP ------------------------------------------
@@ -199,3 +354,18 @@ def test_registration_refuses_http_and_unreachable_documents(op: Provider) -> No
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "invalid_client_metadata"
         assert reason in response.json()["error_description"]
+
+
+def test_registration_refuses_internal_hosts_when_not_allowed(
+    provider_factory: Callable[..., Provider], ca: TestCA, server: HttpsServer, tmp_path: Path
+) -> None:
+    op = provider_factory(
+        registration_token=TOKEN,
+        sector_identifier_ca_file=ca.write(tmp_path / "ca.pem"),
+        sector_identifier_allow_private=False,
+    )
+    response = register(op, redirect_uris=[A_CB], sector_identifier_uri=server.url("/sector.json"))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_client_metadata"
+    assert "no public internet address" in response.json()["error_description"]
+    assert server.hits == []

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 LOOPBACK = "127.0.0.1"
+#: a name the server certificate also holds but no DNS knows: tests map it with a fake resolver
+TEST_HOST = "sector.test"
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -88,7 +90,7 @@ class TestCA:
         return ssl.create_default_context(cadata=self.pem.decode("ascii"))
 
     def server_certificate(self) -> tuple[bytes, bytes]:
-        """(certificate PEM, key PEM) for 127.0.0.1 and localhost."""
+        """(certificate PEM, key PEM) for 127.0.0.1, localhost and :data:`TEST_HOST`."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         cert = (
@@ -104,6 +106,7 @@ class TestCA:
                     [
                         x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
                         x509.DNSName("localhost"),
+                        x509.DNSName(TEST_HOST),
                     ]
                 ),
                 critical=False,
@@ -136,6 +139,8 @@ class HttpsServer:
     routes: dict[str, Route]
     #: the paths requested, in order
     hits: list[str] = field(default_factory=list)
+    #: the Host header of each request, in order
+    hosts: list[str] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -145,6 +150,7 @@ def _handler(server: HttpsServer) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             server.hits.append(self.path)
+            server.hosts.append(self.headers.get("Host", ""))
             route = server.routes.get(self.path)
             if route is None:
                 route = Route(b"not found", status=404, content_type="text/plain")
