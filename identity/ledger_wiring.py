@@ -48,6 +48,7 @@ from oidc.dpop import ALGS as DPOP_ALGS
 from oidc.errors import OAuthError
 from oidc.pairwise import sector_of
 from oidc.provider import OpenIDProvider
+from oidc.tables import RevocationStoreError
 
 log = logging.getLogger("nicecard.ledger")
 
@@ -107,7 +108,7 @@ class TokenAuthenticator:
                 method=presented.method if presented else "",
                 url=provider.issuer + (presented.path if presented else ""),
             )
-            if await run_in_threadpool(provider.revocations.is_revoked, claims.jti):
+            if await _revoked(provider, claims.jti):
                 raise Unauthenticated("access token is not valid")
             if claims.sub == claims.client_id:
                 return Caller(scopes=claims.scope, partner=claims.client_id)
@@ -127,6 +128,21 @@ class TokenAuthenticator:
                 sa.select(_account.c.ledger_pseudonym).where(_account.c.id == account_id)
             ).scalar_one_or_none()
         return None if value is None else str(value)
+
+
+async def _revoked(provider: OpenIDProvider, jti: str) -> bool:
+    """Whether the access token ``jti`` is revoked: batched on asyncio connections on
+    PostgreSQL, in a worker thread otherwise. Fails closed: when the list cannot be read, the
+    request fails with :class:`LedgerStoreError` (503, retry later), never as not revoked."""
+    try:
+        if provider.async_revocations is not None:
+            return await provider.async_revocations.is_revoked(jti)
+        return await run_in_threadpool(provider.revocations.is_revoked, jti)
+    except (RevocationStoreError, sa.exc.SQLAlchemyError) as exc:
+        # The driver's error class only: SQLAlchemy's message would carry the jti.
+        error = str(exc) if isinstance(exc, RevocationStoreError) else type(exc).__name__
+        log.warning("revocation list unavailable", extra={"error": error})
+        raise LedgerStoreError("access tokens cannot be checked now; retry later") from None
 
 
 class PartnerSubjects:

@@ -33,11 +33,13 @@ from oidc.errors import TemporarilyUnavailable
 from oidc.sector import SectorFetch, SectorFetcher
 from oidc.tables import (
     AsyncPgReplayCache,
+    AsyncPgRevocationList,
     ReplayStoreError,
     SqlClientRegistry,
     SqlReplayCache,
     SqlRevocationList,
     async_replay_cache,
+    async_revocation_list,
 )
 from oidc.token_endpoint import TokenEndpoint
 
@@ -77,6 +79,8 @@ class OpenIDProvider:
     authlib: AuthlibServer
     clock: Clock
     async_replay: AsyncPgReplayCache | None = None
+    #: the revocation lookups of the ledger API's bearer tokens, on PostgreSQL (asyncio)
+    async_revocations: AsyncPgRevocationList | None = None
     #: fetches ``sector_identifier_uri`` documents when a client registers (blocking)
     sector_fetch: SectorFetch = field(default_factory=SectorFetcher)
     _discovery: tuple[ProviderFeatures, bytes] | None = field(default=None, repr=False)
@@ -84,6 +88,8 @@ class OpenIDProvider:
     async def aclose(self) -> None:
         if self.async_replay is not None:
             await self.async_replay.aclose()
+        if self.async_revocations is not None:
+            await self.async_revocations.aclose()
 
     @property
     def discovery_document(self) -> bytes:
@@ -125,6 +131,7 @@ def build_provider(
     directory = ClientDirectory(registry, offload, ttl=client_cache_seconds)
     replay = SqlReplayCache(engine)
     async_replay = async_replay_cache(engine)
+    async_revocations = async_revocation_list(engine)
 
     async def replay_check(client_id: str, jti: str, keep_until: datetime) -> None:
         try:
@@ -163,5 +170,6 @@ def build_provider(
         authlib=authlib,
         clock=clock,
         async_replay=async_replay,
+        async_revocations=async_revocations,
         sector_fetch=sector_fetch or SectorFetcher(),
     )

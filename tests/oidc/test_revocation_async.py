@@ -1,0 +1,258 @@
+"""Revocation lookups on the request path (``oidc.tables.AsyncPgRevocationList``) against a
+real PostgreSQL: answers, batching, fail-closed on a cut connection, and the ledger API on top."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from identity import migrate
+from identity.db import create_engine
+from keys.keyring import utc_now
+from oidc.tables import AsyncPgRevocationList, RevocationStoreError, SqlRevocationList
+from tests.conftest import make_settings
+from tests.oidc.conftest import Provider, clock, provider_factory  # noqa: F401 - fixtures
+
+#: How the lookups' connections are told apart in ``pg_stat_activity`` (their last statement).
+LOOKUP = "%FROM revoked_token WHERE jti = ANY%"
+
+
+class CountingList(AsyncPgRevocationList):
+    """Records the size of every batch sent to the database."""
+
+    def __init__(self, engine: sa.Engine, **kwargs: Any) -> None:
+        super().__init__(engine, **kwargs)
+        self.batches: list[int] = []
+
+    async def _execute(self, conn: psycopg.AsyncConnection[Any], items: list[str]) -> list[bool]:
+        self.batches.append(len(items))
+        return await super()._execute(conn, items)
+
+
+@pytest.fixture
+def engine(postgres_url: str, tmp_path: Path) -> Iterator[sa.Engine]:
+    engine = create_engine(
+        postgres_url, make_settings(tmp_path, identity_database_url=postgres_url)
+    )
+    migrate.upgrade(migrate.Store.IDENTITY, engine)
+    yield engine
+    engine.dispose()
+
+
+def _revoke(engine: sa.Engine, jti: str) -> None:
+    now = utc_now()
+    SqlRevocationList(engine).revoke(jti, "partner", now + timedelta(minutes=5), now)
+
+
+def _observer(engine: sa.Engine) -> psycopg.Connection[Any]:
+    """A plain connection to the test database, outside the engine's pool."""
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(url, autocommit=True)
+
+
+def _lookup_backends(observer: psycopg.Connection[Any], *, waiting: bool = False) -> list[int]:
+    rows = observer.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND query LIKE %s"
+        + (" AND wait_event_type = 'Lock'" if waiting else ""),
+        (LOOKUP,),
+    ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+@pytest.mark.postgres
+def test_revoked_and_not_revoked(engine: sa.Engine) -> None:
+    _revoke(engine, "revoked-jti")
+    revocations = AsyncPgRevocationList(engine)
+
+    async def check() -> tuple[bool, bool]:
+        try:
+            return (
+                await revocations.is_revoked("revoked-jti"),
+                await revocations.is_revoked("live-jti"),
+            )
+        finally:
+            await revocations.aclose()
+
+    assert asyncio.run(check()) == (True, False)
+
+
+@pytest.mark.postgres
+def test_concurrent_lookups_share_few_statements(engine: sa.Engine) -> None:
+    """500 concurrent lookups, one jti in five revoked (and some asked twice): every answer
+    right, in a handful of statements rather than 500."""
+    jtis = [f"jti-{n}" for n in range(400)] + [f"jti-{n}" for n in range(0, 400, 4)]
+    revoked = {f"jti-{n}" for n in range(0, 400, 5)}
+    for jti in revoked:
+        _revoke(engine, jti)
+    revocations = CountingList(engine, writers=2)
+
+    async def lookups() -> list[bool]:
+        try:
+            return list(await asyncio.gather(*(revocations.is_revoked(j) for j in jtis)))
+        finally:
+            await revocations.aclose()
+
+    assert asyncio.run(lookups()) == [jti in revoked for jti in jtis]
+    assert sum(revocations.batches) == len(jtis)
+    assert len(revocations.batches) <= 4, revocations.batches
+
+
+@pytest.mark.postgres
+def test_a_revocation_is_seen_by_the_next_lookup(engine: sa.Engine) -> None:
+    """No answer is cached: a token revoked between two lookups (on the same, kept connection)
+    is revoked at the second."""
+    revocations = AsyncPgRevocationList(engine, writers=1)
+
+    async def around_a_revocation() -> list[bool]:
+        try:
+            answers = [await revocations.is_revoked("jti-1")]
+            await asyncio.to_thread(_revoke, engine, "jti-1")
+            answers.append(await revocations.is_revoked("jti-1"))
+            answers.append(await revocations.is_revoked("jti-2"))
+            return answers
+        finally:
+            await revocations.aclose()
+
+    assert asyncio.run(around_a_revocation()) == [False, True, False]
+
+
+@pytest.mark.postgres
+def test_a_cut_connection_fails_waiting_lookups_closed_then_reconnects(engine: sa.Engine) -> None:
+    """Lookups waiting on a statement whose connection is killed raise RevocationStoreError
+    (never "not revoked"); the next lookup connects again and is answered."""
+    _revoke(engine, "revoked-jti")
+    revocations = AsyncPgRevocationList(engine, writers=1)
+    observer, locker = _observer(engine), _observer(engine)
+
+    async def scenario() -> tuple[list[BaseException | bool], bool, bool]:
+        try:
+            assert not await revocations.is_revoked("warm-up")  # a connection, kept idle
+            with locker.transaction():  # the next statement waits for this lock
+                locker.execute("LOCK TABLE revoked_token IN ACCESS EXCLUSIVE MODE")
+                waiting = asyncio.gather(
+                    *(revocations.is_revoked(j) for j in ["revoked-jti", "live-1", "live-2"]),
+                    return_exceptions=True,
+                )
+                deadline = time.monotonic() + 10
+                while not (pids := _lookup_backends(observer, waiting=True)):
+                    assert time.monotonic() < deadline, "the lookup never waited for the lock"
+                    await asyncio.sleep(0.02)
+                for pid in pids:
+                    observer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                failed = await waiting
+            return (
+                failed,
+                await revocations.is_revoked("revoked-jti"),
+                await revocations.is_revoked("live-1"),
+            )
+        finally:
+            await revocations.aclose()
+
+    try:
+        failed, revoked, live = asyncio.run(scenario())
+    finally:
+        observer.close()
+        locker.close()
+    assert all(isinstance(answer, RevocationStoreError) for answer in failed), failed
+    assert (revoked, live) == (True, False)
+
+
+def test_an_unreachable_database_fails_closed() -> None:
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:9/nothing")
+    revocations = AsyncPgRevocationList(engine)
+
+    async def lookup() -> bool:
+        try:
+            return await revocations.is_revoked("jti-1")
+        finally:
+            await revocations.aclose()
+
+    with pytest.raises(RevocationStoreError):
+        asyncio.run(lookup())
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_aclose_closes_the_connections(engine: sa.Engine) -> None:
+    revocations = AsyncPgRevocationList(engine, writers=2)
+    observer = _observer(engine)
+
+    async def lookups_then_close() -> tuple[int, int]:
+        await asyncio.gather(*(revocations.is_revoked(f"jti-{n}") for n in range(50)))
+        opened = len(_lookup_backends(observer))
+        await revocations.aclose()
+        deadline = time.monotonic() + 5
+        while (left := len(_lookup_backends(observer))) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return opened, left
+
+    try:
+        opened, left = asyncio.run(lookups_then_close())
+    finally:
+        observer.close()
+    assert opened >= 1
+    assert left == 0
+
+
+# -- through the ledger API -------------------------------------------------------------------
+
+
+def _token(provider: Provider, secret: str) -> str:
+    answer = httpx.post(
+        provider.token_url,
+        data={"grant_type": "client_credentials", "scope": "acts:write"},
+        auth=("transit", secret),
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+def _post_act(provider: Provider, token: str) -> httpx.Response:
+    # An empty act: refused as invalid once the caller is authenticated, with no ledger write.
+    return httpx.post(
+        provider.url + "/v1/acts", json={}, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+@pytest.mark.postgres
+def test_ledger_api_refuses_a_revoked_token_and_fails_closed(
+    provider_factory: Callable[..., Provider],  # noqa: F811
+    postgres_url: str,
+) -> None:
+    """The partner API on a PostgreSQL identity database: a revoked token is refused at once
+    (401); while the revocation list cannot be read, a valid token gets 503, then works again."""
+    provider = provider_factory(identity_database_url=postgres_url)
+    assert provider.app.state.oidc.async_revocations is not None
+    secret = provider.register("transit", scope="acts:write")
+    assert secret is not None
+    token, other = _token(provider, secret), _token(provider, secret)
+    assert _post_act(provider, token).status_code == 422
+
+    revoked = httpx.post(provider.url + "/revoke", data={"token": token}, auth=("transit", secret))
+    assert revoked.status_code == 200, revoked.text
+    refused = _post_act(provider, token)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["type"].endswith("/problems/invalid-token")
+    assert _post_act(provider, other).status_code == 422
+
+    url = sa.make_url(postgres_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as observer:
+        pids = _lookup_backends(observer)
+        assert pids
+        for pid in pids:
+            observer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    unavailable = _post_act(provider, other)
+    assert unavailable.status_code == 503, unavailable.text
+    assert unavailable.json()["type"].endswith("/problems/ledger-unavailable")
+    assert _post_act(provider, other).status_code == 422
+    assert _post_act(provider, token).status_code == 401
