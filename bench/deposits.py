@@ -541,7 +541,7 @@ def bench(
         # The library, with the servers stopped (their pooled connections closed).
         for appender in (None, GroupCommitAppender(mint.store)):
             mint.appender = appender
-            for per_deposit in (widest, 1):
+            for per_deposit in sorted({widest, 1}, reverse=True):  # once each
                 count = args.library_deposits * per_deposit
                 shops = [f"lib-{i:02d}" for i in range(16)]
                 tag = f"lib{per_deposit}{'g' if appender else ''}"
