@@ -66,8 +66,9 @@ from ledger.checkpoints import issue_checkpoint, verifier_keys
 from ledger.coins import Coin, b64decode
 from ledger.entries import ActCredited
 from ledger.export import ExportReader, export
+from ledger.group_commit import GroupCommitAppender
 from ledger.mint import Mint, PaidCoin
-from ledger.store import GroupCommitAppender, LedgerStore
+from ledger.store import LedgerStore
 from ledger.wallet import OwnedCoin, PaymentRequest, finish_withdrawal, pay, prepare_withdrawal
 from oidc.clients import AuthMethod, Client, GrantType
 from oidc.secrets import generate_client_secret, hash_client_secret

@@ -37,7 +37,8 @@ from sqlalchemy.engine import make_url
 
 from identity import migrate
 from ledger.entries import ActCredited
-from ledger.store import AppendRequest, GroupCommitAppender, IdempotencyKey, LedgerStore
+from ledger.group_commit import GroupCommitAppender
+from ledger.store import AppendRequest, IdempotencyKey, LedgerStore
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"

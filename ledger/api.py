@@ -31,7 +31,7 @@ turns them into RFC 7807 problem details (see :func:`classify` users).
 How an act is recorded: what depends only on the act and the catalogue (the catalogue rule,
 the partner's entitlement, validity dates, a known subject, a time not in the future) is judged
 on the event loop; the acts that pass go to the process's
-:class:`~ledger.store.GroupCommitAppender` with their idempotency keys and caps
+:class:`~ledger.group_commit.GroupCommitAppender` with their idempotency keys and caps
 (:class:`~ledger.store.ActCaps`). Its writer thread appends whatever concurrent requests queued
 in one transaction, and judges there, under the ledger's head lock, what depends on the log: an
 idempotency key answered before (replay or conflict) and the per-pseudonym daily and monthly
@@ -70,11 +70,11 @@ from ledger.checkpoints import issue_checkpoint, latest_checkpoint, receipt
 from ledger.entries import ActCredited, describe_entry
 from ledger.errors import AppendRejected, LedgerError, TileError
 from ledger.export import export
+from ledger.group_commit import GroupCommitAppender
 from ledger.store import (
     ActCaps,
     Appended,
     AppendRequest,
-    GroupCommitAppender,
     IdempotencyKey,
     LedgerStore,
     LoggedEntry,
@@ -202,8 +202,8 @@ Classify = Callable[[LedgerError], tuple[int, str]]
 class LedgerService:
     """Everything the routes need, built by the composition root (inside the event loop).
 
-    It starts the process's :class:`~ledger.store.GroupCommitAppender`; :meth:`close` stops it
-    once the server stopped taking requests.
+    It starts the process's :class:`~ledger.group_commit.GroupCommitAppender`; :meth:`close`
+    stops it once the server stopped taking requests.
     """
 
     store: LedgerStore

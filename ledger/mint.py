@@ -74,12 +74,12 @@ from ledger.errors import (
     LedgerError,
     LedgerStoreError,
 )
+from ledger.group_commit import GroupCommitAppender
 from ledger.store import (
     Appended,
     AppendRequest,
     CoinSpend,
     DepositRows,
-    GroupCommitAppender,
     IdempotencyKey,
     LedgerStore,
 )

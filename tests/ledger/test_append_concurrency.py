@@ -24,8 +24,9 @@ from ledger.audit import verify_log
 from ledger.checkpoints import issue_checkpoint, verifier_keys
 from ledger.entries import ActCredited, CatalogueChanged, decode_entry
 from ledger.export import ExportReader, export
+from ledger.group_commit import GroupCommitAppender
 from ledger.merkle import MemoryTree, leaf_hash
-from ledger.store import AppendRequest, GroupCommitAppender, IdempotencyKey, LedgerStore
+from ledger.store import AppendRequest, IdempotencyKey, LedgerStore
 from tests.ledger.test_store import ORIGIN, act, ledger_engine, make_keyring
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,8 @@ CHILD = r"""
 import sys, threading
 import sqlalchemy as sa
 from identity.db import create_engine
-from ledger.store import GroupCommitAppender, LedgerStore
+from ledger.group_commit import GroupCommitAppender
+from ledger.store import LedgerStore
 from tests.conftest import make_settings
 from tests.ledger.test_store import act, idem
 from pathlib import Path

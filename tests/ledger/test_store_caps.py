@@ -13,7 +13,8 @@ import pytest
 
 from ledger.entries import ActCredited, CoinCount, WithdrawalDebited
 from ledger.errors import CapExceeded, IdempotencyConflict, LedgerError
-from ledger.store import ActCaps, Appended, AppendRequest, GroupCommitAppender, LedgerStore
+from ledger.group_commit import GroupCommitAppender
+from ledger.store import ActCaps, Appended, AppendRequest, LedgerStore
 from tests.ledger.test_store import T0, Ticking, act, idem, ledger_engine, pseudonym
 
 CAPS = ActCaps(per_day=2, per_month=3, skew=timedelta(minutes=5))
