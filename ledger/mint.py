@@ -22,8 +22,10 @@ then one append transaction claims the coins in ``coin_spent``, logs one entry (
 the amount and the coins) and records the order in ``coin_deposits``. Coins are judged under the
 ledger's head lock, so one deposit wins any race, across processes; the group commit shares
 that transaction among concurrent deposits and acts. The ledger then signs a receipt from the
-entry. A replay of the same deposit returns the same receipt; a coin already spent for another
-order is refused, and the conflicting permission kept as evidence.
+entry. A replay of the same deposit returns the same receipt (signed again from the entry:
+byte for byte the same while the ledger key is, the same lines under the new key after a
+rotation); a coin already spent for another order is refused, and the conflicting permission
+kept as evidence.
 """
 
 from __future__ import annotations
@@ -595,7 +597,8 @@ class Mint:
         transaction (:class:`~ledger.store.DepositRows`), shared with concurrent appends by
         the group commit: a deposit is logged whole or not at all. The receipt is signed from
         the entry, so a replay, which the store answers with the first entry, gets the same
-        receipt (Ed25519 signatures are deterministic).
+        receipt (Ed25519 signatures are deterministic; after a rotation of the ledger key, the
+        same lines signed by the new key).
         """
         if not ORDER.fullmatch(order):
             raise MalformedCoinRequest("order must be 1..128 printable ASCII characters")
