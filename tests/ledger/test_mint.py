@@ -13,7 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from keys.keyring import Keyring
-from ledger.coins import Coin, b64decode
+from keys.model import Purpose
+from keys.note import parse_verifier_key
+from ledger.checkpoints import verifier_keys
+from ledger.coins import Coin, b64decode, open_receipt
 from ledger.entries import ActCredited, CoinsDeposited, SpentCoin
 from ledger.errors import AppendRejected, CoinsSpent, LedgerError, LedgerStoreError
 from ledger.mint import DenominationExpired, Mint, MintPolicy, PaidCoin, UnknownDenomination
@@ -98,6 +101,19 @@ def test_a_replay_gets_the_same_receipt_even_after_the_deposit_window(mint: Mint
     assert late.note == first.note
     with pytest.raises((DenominationExpired, UnknownDenomination)):  # a new order is refused
         mint.deposit("shop", "order-2", 16, coins)
+
+
+def test_a_replay_after_a_ledger_key_rotation_says_the_same(mint: Mint) -> None:
+    coins = paid_coins(mint, 16, PaymentRequest("shop", "order-1", 16))
+    first = mint.deposit("shop", "order-1", 16, coins)
+    keys = verifier_keys(mint.keyring, ORIGIN)
+    mint.keyring.rotate(Purpose.LEDGER_CHECKPOINT, force=True)
+    again = mint.deposit("shop", "order-1", 16, coins)
+    assert again.replayed
+    assert again.note != first.note  # signed again, by the key now active
+    verifiers = [parse_verifier_key(k) for k in verifier_keys(mint.keyring, ORIGIN)]
+    assert open_receipt(again.note, verifiers, ORIGIN) == first.receipt
+    assert open_receipt(first.note, [parse_verifier_key(k) for k in keys], ORIGIN) == first.receipt
 
 
 def test_coins_spent_twice_in_one_transaction(mint: Mint) -> None:
