@@ -21,36 +21,37 @@ Requirements: PostgreSQL on 127.0.0.1:5432 (trust), wrk and pgbench (Debian pack
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import sqlalchemy as sa
+from _harness import (
+    CLK_TCK,
+    PG,
+    ProcStat,
+    access_token,
+    drop_database,
+    environment,
+    fresh_database,
+    nicecard,
+    one_act_catalogue,
+    pgbench_tps,
+    production_settings,
+    run,
+    serving,
+    upgrade_and_init_keys,
+    wrk,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-CATALOGUE = """
-[acts.tram_ride]
-points = 1
-max_per_day = 1000000
-max_per_month = 1000000
-partners = ["bench-partner"]
-valid_from = 2020-01-01
-"""
+CATALOGUE = one_act_catalogue("tram_ride", 1, "bench-partner")
 
 WRK_SCRIPT = r"""
 local subs = {}
@@ -81,34 +82,13 @@ end
 """
 
 
-def run(*cmd: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def fresh_database(admin: sa.Engine, name: str) -> str:
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    return admin.url.set(database=name).render_as_string(hide_password=False)
-
-
-def pgbench_inserts(seconds: int) -> float:
+def pgbench_inserts(admin: sa.Engine, seconds: int) -> float:
     """Single-row INSERTs per second (16 clients), the plain baseline."""
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
     url = fresh_database(admin, "nicecard_bench_pgbench")
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     run("psql", conninfo, "-qc", "CREATE TABLE scratch (id bigserial primary key, body bytea)")
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write("INSERT INTO scratch (body) VALUES ('\\x00112233445566778899');\n")
-    out = run(
-        "pgbench", "-n", "-c", "16", "-j", "2", "-T", str(seconds), "-f", script.name, conninfo
-    )
-    match = re.search(r"tps = ([0-9.]+)", out)
-    admin.dispose()
-    return float(match.group(1)) if match else 0.0
+    script = "INSERT INTO scratch (body) VALUES ('\\x00112233445566778899');\n"
+    return pgbench_tps(sa.make_url(url), script, seconds)
 
 
 def cpu_ticks(pids: list[int]) -> dict[int, int]:
@@ -116,22 +96,15 @@ def cpu_ticks(pids: list[int]) -> dict[int, int]:
     ticks = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks[pid] = ProcStat.read(pid).ticks
         except OSError:
             continue
-        ticks[pid] = int(fields[11]) + int(fields[12])
     return ticks
 
 
 def cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
     """CPU seconds used between two readings (processes started in between count in full)."""
-    return sum(t - before.get(pid, 0) for pid, t in after.items()) / os.sysconf("SC_CLK_TCK")
-
-
-def server_pids(root: int) -> list[int]:
-    """The server process and its children (uvicorn's workers)."""
-    children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
-    return [root, *map(int, children)]
+    return sum(t - before.get(pid, 0) for pid, t in after.items()) / CLK_TCK
 
 
 def postgres_pids() -> list[int]:
@@ -146,20 +119,11 @@ def postgres_pids() -> list[int]:
     return found
 
 
-def wrk(url: str, seconds: int, connections: int, env: dict[str, str]) -> tuple[float, int]:
+def wrk_rate(
+    url: str, seconds: int, connections: int, script: Path, env: dict[str, str]
+) -> tuple[float, int]:
     """Requests per second and non-2xx count."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT)
-    out = run(
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "-s",
-        script.name,
-        url,
-        env={**os.environ, **env},
-    )
+    out = wrk(url, seconds, connections, script, env)
     rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rate, int(bad.group(1)) if bad else 0
@@ -181,28 +145,11 @@ def main() -> None:
     identity_url = fresh_database(admin, "nicecard_bench_identity")
     ledger_url = fresh_database(admin, "nicecard_bench_ledger")
     (work / "catalogue.toml").write_text(CATALOGUE)
-    env = {
-        "PATH": os.environ["PATH"],
-        "NICECARD_MODE": "production",
-        "NICECARD_ISSUER": "https://bench.nicecard.example",
-        "NICECARD_FC_SIMULATOR": "false",
-        "NICECARD_FC_ISSUER": "https://fc.example/api/v2",
-        "NICECARD_FC_CLIENT_SECRET": base64.b64encode(os.urandom(32)).decode(),
-        "NICECARD_KEK": base64.b64encode(os.urandom(32)).decode(),
-        "NICECARD_IDENTITY_DATABASE_URL": identity_url,
-        "NICECARD_LEDGER_DATABASE_URL": ledger_url,
-        "NICECARD_CATALOGUE_FILE": str(work / "catalogue.toml"),
-        "NICECARD_WORKERS": str(args.workers),
-        "NICECARD_PORT": str(args.port),
-        "NICECARD_LOG_LEVEL": "warning",
-        "NICECARD_DATA_DIR": str(work / "var"),
-    }
-    nicecard = str(BIN / "nicecard")
-    run(nicecard, "db", "upgrade", env=env)
-    run(nicecard, "keys", "init", env=env)
+    (work / "acts.lua").write_text(WRK_SCRIPT)
+    env = environment(production_settings(identity_url, ledger_url, work, args.workers, args.port))
+    upgrade_and_init_keys(env)
     added = json.loads(
-        run(
-            nicecard,
+        nicecard(
             "clients",
             "add",
             "bench-partner",
@@ -246,30 +193,15 @@ def main() -> None:
     identity.dispose()
     (work / "subs.txt").write_text("\n".join(subs) + "\n")
 
-    server = subprocess.Popen([nicecard, "serve"], env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not become ready")
-        token = httpx.post(
-            base + "/token",
-            auth=("bench-partner", secret),
-            data={"grant_type": "client_credentials", "scope": "acts:write"},
-        ).json()["access_token"]
+    with serving(env, args.port) as server:
+        token = access_token(server.url, "bench-partner", secret, "acts:write")
         common = {
             "BENCH_SUBS": str(work / "subs.txt"),
             "BENCH_TOKEN": token,
             "BENCH_WHEN": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         load = Path("/proc/loadavg").read_text().split()[0]
-        baseline = pgbench_inserts(args.seconds)
+        baseline = pgbench_inserts(admin, args.seconds)
         print(f"# pgbench single-row INSERT (16 clients): {baseline:,.0f}/s")
         print(f"# server: nicecard serve, production, {args.workers} workers, PostgreSQL")
         print(f"# {os.cpu_count()} CPUs, load average {load} at the start")
@@ -282,16 +214,17 @@ def main() -> None:
             ("single@c64", 64, 1),
             ("batch50@c16", 16, 50),
         ):
-            srv_before = cpu_ticks(server_pids(server.pid))
+            srv_before = cpu_ticks(server.pids)
             pg_before, started = cpu_ticks(postgres_pids()), time.monotonic()
-            rate, bad = wrk(
-                base + "/v1/acts",
+            rate, bad = wrk_rate(
+                server.url + "/v1/acts",
                 args.seconds,
                 conns,
+                work / "acts.lua",
                 {**common, "BENCH_BATCH": str(batch), "BENCH_PREFIX": name},
             )
             elapsed = time.monotonic() - started
-            srv = cpu_seconds(srv_before, cpu_ticks(server_pids(server.pid)))
+            srv = cpu_seconds(srv_before, cpu_ticks(server.pids))
             pg = cpu_seconds(pg_before, cpu_ticks(postgres_pids()))
             acts = rate * batch
             print(
@@ -300,15 +233,18 @@ def main() -> None:
                 f"  {1e6 * srv / max(acts * elapsed, 1):>10,.0f}"
             )
         ledger = sa.create_engine(ledger_url)
-        with ledger.connect() as conn:
-            size = conn.execute(sa.text("SELECT size FROM ledger_head")).scalar_one()
-            gaps = conn.execute(sa.text("SELECT count(*) FROM ledger_entries")).scalar_one()
+        with ledger.connect() as conn:  # one statement, one snapshot: appends may still land
+            size, gaps = conn.execute(
+                sa.text(
+                    "SELECT (SELECT size FROM ledger_head), (SELECT count(*) FROM ledger_entries)"
+                )
+            ).one()
         ledger.dispose()
         print(f"# ledger size {size}, entries {gaps}: {'no gap' if size == gaps else 'GAP'}")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    for name in ("nicecard_bench_identity", "nicecard_bench_ledger", "nicecard_bench_pgbench"):
+        drop_database(admin, name)
     admin.dispose()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

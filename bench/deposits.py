@@ -32,16 +32,12 @@ coins/s. Requirements: PostgreSQL on 127.0.0.1:5432 (trust) and wrk (Debian pack
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -52,8 +48,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
+from _harness import (
+    CLK_TCK,
+    PG,
+    Server,
+    access_token,
+    drop_database,
+    environment,
+    fresh_database,
+    one_act_catalogue,
+    processes,
+    production_settings,
+    serving,
+    upgrade_and_init_keys,
+    wrk,
+)
 
 from identity.coins_wiring import mint_policy
 from identity.runtime import Runtime, open_runtime
@@ -74,24 +84,14 @@ from oidc.clients import AuthMethod, Client, GrantType
 from oidc.secrets import generate_client_secret, hash_client_secret
 from oidc.tables import SqlClientRegistry
 
-BIN = Path(sys.executable).parent
-PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DATABASES = ("nicecard_bench_deposits_identity", "nicecard_bench_deposits_ledger")
 GOAL = 1000.0  # coins/s (issue 6)
 PARTNERS = (16, 64)
 GRANT = 1000  # points credited to each provisioning citizen, withdrawn as 1-point coins
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVERS = {"nicecard-serve": "nicecard serve as shipped"}
 COIN_FIELDS = ("denomination", "coin_pub", "randomizer", "signature")
 
-CATALOGUE = """
-[acts.bench_grant]
-points = 1000
-max_per_day = 1000000
-max_per_month = 1000000
-partners = ["bench-issuer"]
-valid_from = 2020-01-01
-"""
+CATALOGUE = one_act_catalogue("bench_grant", 1000, "bench-issuer")
 
 WRK_SCRIPT = r"""
 local lines = {}
@@ -134,20 +134,6 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """
-
-
-def run(*cmd: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def fresh_database(admin: sa.Engine, name: str) -> str:
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    return admin.url.set(database=name).render_as_string(hide_password=False)
 
 
 # --- provisioning (not measured) ----------------------------------------------------------------
@@ -246,20 +232,12 @@ class Ticks:
     @classmethod
     def now(cls, server: Sequence[int]) -> Ticks:
         used = {"server": 0, "postgres": 0}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            ticks = int(fields[11]) + int(fields[12])
-            if int(entry) in server:
-                used["server"] += ticks
-            elif stat[stat.index("(") + 1 : stat.rindex(")")] == "postgres":
+        for process in processes():
+            if process.pid in server:
+                used["server"] += process.ticks
+            elif process.name == "postgres":
                 # utime + stime, and cutime + cstime: the postmaster's holds its ended backends
-                used["postgres"] += ticks + int(fields[13]) + int(fields[14])
+                used["postgres"] += process.ticks + process.children_ticks
         cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         busy = sum(int(x) for x in cpu[:8]) - int(cpu[3]) - int(cpu[4])  # all but idle, iowait
         return cls(used["server"], used["postgres"], busy)
@@ -274,51 +252,11 @@ class Ticks:
         )
 
 
-@contextmanager
-def serving(server: str, env: dict[str, str], port: int) -> Iterator[tuple[str, list[int]]]:
-    """Start ``server`` (a key of SERVERS); yields its URL and the pids of its processes."""
-    command = [str(BIN / "nicecard"), "serve"]
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not become ready")
-        pids = [process.pid]
-        for entry in os.listdir("/proc"):
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
-            except OSError:
-                continue
-            if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == process.pid:
-                pids.append(int(entry))
-        yield base, pids
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def wrk(url: str, seconds: int, connections: int, bodies: Path) -> dict[str, int]:
+def wrk_run(url: str, seconds: int, connections: int, bodies: Path) -> dict[str, int]:
+    """One wrk run of WRK_SCRIPT sending the deposits of ``bodies``; the figures it prints."""
     script = bodies.with_suffix(".lua")
     script.write_text(WRK_SCRIPT)
-    out = run(
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        url,
-        env={**os.environ, "BENCH_BODIES": str(bodies)},
-    )
+    out = wrk(url, seconds, connections, script, {"BENCH_BODIES": str(bodies)}, timeout="10s")
     match = re.search(r"^BENCH (\{.*\})$", out, re.MULTILINE)
     if match is None:
         raise SystemExit(f"wrk printed no result:\n{out}")
@@ -353,15 +291,7 @@ def settled(engine: sa.Engine, tag: str) -> tuple[int, int, int]:
 
 
 def access_tokens(base: str, issued: dict[str, str], partners: Sequence[str]) -> dict[str, str]:
-    tokens = {}
-    for partner in partners:
-        answer = httpx.post(
-            base + "/token",
-            auth=(partner, issued[partner]),
-            data={"grant_type": "client_credentials", "scope": "deposits:write"},
-        )
-        tokens[partner] = str(answer.json()["access_token"])
-    return tokens
+    return {p: access_token(base, p, issued[p], "deposits:write") for p in partners}
 
 
 def library_rate(mint: Mint, bodies: Sequence[tuple[str, dict[str, Any]]], threads: int) -> float:
@@ -449,29 +379,11 @@ def main() -> None:
     admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
     identity_url, ledger_url = (fresh_database(admin, name) for name in DATABASES)
     (work / "catalogue.toml").write_text(CATALOGUE)
-    values: dict[str, Any] = {
-        "mode": "production",
-        "issuer": "https://bench.nicecard.example",
-        "fc_simulator": False,
-        "fc_issuer": "https://fc.example/api/v2",
-        "fc_client_secret": base64.b64encode(os.urandom(32)).decode(),
-        "kek": base64.b64encode(os.urandom(32)).decode(),
-        "identity_database_url": identity_url,
-        "ledger_database_url": ledger_url,
-        "catalogue_file": str(work / "catalogue.toml"),
-        "workers": args.workers,
-        "port": args.port,
-        "log_level": "warning",
-        "data_dir": str(work / "var"),
-        # At most 2 x 6 connections per worker: the PostgreSQL server may be shared
-        "db_pool_size": 4,
-        "db_max_overflow": 2,
-    }
-    env = {"PATH": os.environ["PATH"]} | {
-        f"NICECARD_{k.upper()}": str(v) for k, v in values.items()
-    }
-    run(str(BIN / "nicecard"), "db", "upgrade", env=env)
-    run(str(BIN / "nicecard"), "keys", "init", env=env)
+    values = production_settings(identity_url, ledger_url, work, args.workers, args.port)
+    # At most 2 x 6 connections per worker: the PostgreSQL server may be shared
+    values |= {"db_pool_size": 4, "db_max_overflow": 2}
+    env = environment(values)
+    upgrade_and_init_keys(env)
     with admin.connect() as conn:
         used, most = conn.execute(
             sa.text(
@@ -484,9 +396,8 @@ def main() -> None:
         ok = bench(args, values, env, work)
     finally:
         if not args.keep:
-            with admin.connect() as conn:
-                for name in DATABASES:
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for name in DATABASES:
+                drop_database(admin, name)
         shutil.rmtree(work, ignore_errors=True)
         admin.dispose()
     if not ok:
@@ -513,7 +424,7 @@ def bench(
         )
         ok, recorded = True, 0
         for server in args.servers:
-            with serving(server, env, args.port) as (base, pids):
+            with serving(env, args.port) as running:
                 print(
                     f"# server: {SERVERS[server]}; production, {args.workers} workers,"
                     f" PostgreSQL; wrk -t1, {args.seconds} s per run;"
@@ -526,9 +437,9 @@ def bench(
                 acknowledged = spent = 0
                 for per_deposit in args.coins_per_deposit:
                     for connections in PARTNERS:
-                        tokens = access_tokens(base, issued, partners[:connections])
+                        tokens = access_tokens(running.url, issued, partners[:connections])
                         run_ok, ack, run_spent = http_run(
-                            args, runtime, pool, base, pids, tokens, per_deposit, work
+                            args, runtime, pool, running, tokens, per_deposit, work
                         )
                         ok = ok and run_ok
                         acknowledged, spent = acknowledged + ack, spent + run_spent
@@ -566,8 +477,7 @@ def http_run(
     args: argparse.Namespace,
     runtime: Runtime,
     pool: Pool,
-    base: str,
-    pids: Sequence[int],
+    server: Server,
     tokens: dict[str, str],
     per_deposit: int,
     work: Path,
@@ -581,10 +491,10 @@ def http_run(
     with bodies.open("w") as out:
         for partner, body in payments(offered, partners, per_deposit, tag):
             out.write(f"{tokens[partner]}\t{json.dumps(body)}\n")
-    before = Ticks.now(pids)
-    result = wrk(base + "/v1/deposits", args.seconds, connections, bodies)
+    before = Ticks.now(server.pids)
+    result = wrk_run(server.url + "/v1/deposits", args.seconds, connections, bodies)
     seconds = result["duration_us"] / 1e6
-    srv, pg, box = Ticks.now(pids).percent(before, seconds)
+    srv, pg, box = Ticks.now(server.pids).percent(before, seconds)
     pool.give_back(len(offered) - result["sent"] * per_deposit)
     deposits, unfinished, spent = settled(runtime.ledger_engine, tag)
     rate = result["ok"] / seconds

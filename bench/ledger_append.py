@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import secrets
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from _harness import drop_database, fresh_database, pgbench_tps
 from sqlalchemy.engine import make_url
 
 from identity import migrate
@@ -116,39 +114,11 @@ def pgbench_rate(url: sa.URL, seconds: int) -> float:
             "payload bytea NOT NULL)"
         )
     engine.dispose()
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(
-            "\\set v random(1, 1000000000)\n"
-            "INSERT INTO bench_scratch (v, payload) VALUES (:v, '\\x" + "ab" * 170 + "'::bytea);\n"
-        )
-    env = dict(os.environ)
-    if url.password:
-        env["PGPASSWORD"] = url.password
-    command = [
-        binary,
-        "-n",
-        "-c",
-        "16",
-        "-j",
-        "2",
-        "-T",
-        str(seconds),
-        "-f",
-        script.name,
-        "-h",
-        url.host or "127.0.0.1",
-        "-p",
-        str(url.port or 5432),
-        "-U",
-        url.username or "postgres",
-        url.database or "postgres",
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
-    os.unlink(script.name)
-    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
-    if match is None:
-        raise SystemExit(f"cannot read pgbench's output:\n{output}")
-    return float(match.group(1))
+    script = (
+        "\\set v random(1, 1000000000)\n"
+        "INSERT INTO bench_scratch (v, payload) VALUES (:v, '\\x" + "ab" * 170 + "'::bytea);\n"
+    )
+    return pgbench_tps(url, script, seconds, binary)
 
 
 def main() -> None:
@@ -168,9 +138,7 @@ def main() -> None:
     base = make_url(args.url).set(drivername="postgresql+psycopg")
     name = f"ledger_bench_{secrets.token_hex(4)}"
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = base.set(database=name)
+    url = make_url(fresh_database(admin, name))
     engine = sa.create_engine(url, pool_size=70, max_overflow=0, isolation_level="READ COMMITTED")
     try:
         migrate.upgrade(migrate.Store.LEDGER, engine)
@@ -214,8 +182,7 @@ def main() -> None:
         insert_rate = pgbench_rate(url, args.pgbench_seconds)
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
         admin.dispose()
 
     keys = "without" if args.no_idempotency else "with"
