@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -383,9 +384,12 @@ class CoinPurse:
 
 def write_private(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically and durably (a temporary file, fsynced, renamed
-    over it, the directory fsynced), readable by the owner only (mode 0600)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    over it, the directory fsynced), readable by the owner only (mode 0600).
+
+    The temporary file gets an unpredictable name and is created exclusively (``mkstemp``), so
+    in a shared directory nobody can plant a file or a symlink there to receive the secrets."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

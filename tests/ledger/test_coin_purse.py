@@ -117,3 +117,16 @@ def test_pay_waits_for_the_lock_and_pays_from_what_it_then_reads(tmp_path: Path)
     [paid] = json.loads(stdout)["coins"]
     assert paid["coin_pub"] == coin(5, b"new").coin.to_json()["coin_pub"]
     assert [c.coin.coin for c in CoinPurse(path).load()] == [coin(2, b"kept").coin.coin]
+
+
+def test_a_planted_temporary_file_receives_nothing(tmp_path: Path) -> None:
+    """In a shared directory, a symlink at a guessable temporary name must not get the coins."""
+    path = tmp_path / "coins.json"
+    target = tmp_path / "stolen"
+    (tmp_path / "coins.json.tmp").symlink_to(target)
+    CoinPurse(path).save([coin(5, b"a")])
+    assert not target.exists()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(CoinPurse(path).load()) == 1
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == ["coins.json.tmp"]  # only the planted link, untouched
