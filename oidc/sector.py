@@ -116,7 +116,11 @@ class SectorFetcher:
 
         ``allow_private_addresses``: also fetch from hosts that are not globally routable
         (development and tests only). ``resolve``: the name resolver (``getaddrinfo``)."""
-        self._verify: ssl.SSLContext | bool = verify if verify is not None else True
+        # The default trust store as httpx reads it (SSL_CERT_FILE/SSL_CERT_DIR, else certifi),
+        # built here because the client itself ignores the environment (no proxies).
+        self._verify: ssl.SSLContext = (
+            verify if verify is not None else httpx.create_ssl_context(trust_env=True)
+        )
         self._timeout = timeout
         self._max_bytes = max_bytes
         self._monotonic = monotonic
@@ -179,7 +183,11 @@ class SectorFetcher:
         headers = {"Accept": "application/json", "Host": url.netloc.decode("ascii")}
         body = bytearray()
         with (
-            httpx.Client(verify=self._verify, timeout=timeout, follow_redirects=False) as http,
+            # trust_env=False: no proxy from the environment, so the request goes to the checked
+            # address itself (a proxy's tunnel would also ignore sni_hostname).
+            httpx.Client(
+                verify=self._verify, timeout=timeout, follow_redirects=False, trust_env=False
+            ) as http,
             http.stream("GET", pinned, headers=headers, extensions=extensions) as response,
         ):
             if response.is_redirect:

@@ -113,6 +113,15 @@ def test_a_document_listing_every_redirect_uri(ca: TestCA, server: HttpsServer) 
     assert sector_of(rp) == "127.0.0.1"  # the document's host, not a redirect URI's
 
 
+def test_proxies_from_the_environment_are_not_used(
+    ca: TestCA, server: HttpsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request goes to the address that was checked, not through a proxy (port 9: none)."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    assert local(ca)(server.url("/sector.json")) == (A_CB, B_CB, "https://c.example/elsewhere")
+
+
 def test_refusals(ca: TestCA, server: HttpsServer) -> None:
     fetch = local(ca)
     assert B_CB in refusal(fetch, server.url("/only-a.json"))
