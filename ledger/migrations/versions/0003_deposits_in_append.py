@@ -13,6 +13,11 @@ other coin records. Grants, replacing those of ``l0002`` for this table::
 
     REVOKE UPDATE ON coin_deposits FROM nicecard_ledger;
 
+Deposits made before this revision keep their entries; a replay of one is answered with its
+receipt signed again from its entry, whose ``deposited_at`` is the entry's time (the stored
+receipt had the claim's time, earlier by the append's delay: seconds, or up to the old hourly
+sweep for a deposit that sweep finished).
+
 The upgrade refuses to run while a deposit is in flight (a row without ``entry_idx``): let the
 previous release's upkeep finish it (``Mint.finish_pending_deposits`` runs hourly, and a
 partner's retry finishes its own), then upgrade.
