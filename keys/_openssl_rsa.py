@@ -16,7 +16,9 @@ finds: on Linux the one Python's ``ssl`` and ``hashlib`` load and ``openssl spee
 The library is looked up, loaded and checked (OpenSSL 3.0 or later) once per process, on first
 use. Where it cannot be used (macOS, whose ``/usr/lib/libcrypto`` aborts a process that loads
 it unversioned; Windows; OpenSSL before 3.0), :func:`availability` says why and the caller
-falls back to gmpy2.
+falls back to gmpy2. Loading is not the whole answer: a FIPS or provider configuration may
+still refuse a key or unpadded RSA, so :mod:`keys.blind_rsa` has each key sign a test value
+before use, and falls back the same way if that fails.
 
 Threads: ctypes releases the GIL for each foreign call, so threads sign in parallel while
 OpenSSL works. One ``EVP_PKEY`` may serve several threads at once; each call makes its own

@@ -29,22 +29,24 @@ Side channels (RFC 9474 Section 7.1). :func:`blind_sign` is a remote private-key
 RSASP1 runs on one of two backends, chosen once per key (:class:`BlindPrivateKey`):
 
 - OpenSSL, wherever the system's libcrypto is OpenSSL 3.0 or later (Linux; see
-  :mod:`keys._openssl_rsa`): OpenSSL's RSA private operation without padding. Constant time
-  (``BN_mod_exp_mont_consttime`` on both CRT halves, or its AVX-512 IFMA code) and blinded:
-  OpenSSL multiplies m by ``r^e`` for a fresh random r before exponentiating and the result by
-  ``r^-1`` after, so the values it computes on are not the attacker's m, which also defends
-  against power, EM and frequency-scaling channels. It checks its own CRT result too and, on a
-  mismatch, recomputes without the CRT.
-- gmpy2, the portable fallback (macOS, Windows, no usable libcrypto). Both CRT
-  half-exponentiations use ``gmpy2.powmod_sec`` (GMP's ``mpz_powm_sec``: same time and cache
-  access pattern for all operands of the same sizes), which also reduces the blinded message
-  modulo p and q internally; the only other reduction by a secret modulus, in Garner's
-  recombination, goes through ``powmod_sec`` with exponent 1. What is left to observe is
-  operand sizes. This path does not blind m: against remote timing and cache observers, the
-  threat here, ``powmod_sec`` already gives what blinding gives (the work done and the memory
-  touched do not depend on the values of m, the primes or the exponents), and with gmpy2 each
-  of blinding's four multiplications modulo n would be a ``powmod_sec`` of its own: a third to
-  a half again the cost of a signature (``bench/README.md``).
+  :mod:`keys._openssl_rsa`) and signs a test value correctly with the key (a FIPS or provider
+  configuration may refuse the key or unpadded RSA): OpenSSL's RSA private operation without
+  padding. Constant time (``BN_mod_exp_mont_consttime`` on both CRT halves, or its AVX-512
+  IFMA code) and blinded: OpenSSL multiplies m by ``r^e`` for a fresh random r before
+  exponentiating and the result by ``r^-1`` after, so the values it computes on are not the
+  attacker's m, which also defends against power, EM and frequency-scaling channels. It checks
+  its own CRT result too and, on a mismatch, recomputes without the CRT.
+- gmpy2, the portable fallback (macOS, Windows, no usable libcrypto, or one that fails the
+  self-test; ``BlindPrivateKey.backend_note`` says which). Both CRT half-exponentiations use
+  ``gmpy2.powmod_sec`` (GMP's ``mpz_powm_sec``: same time and cache access pattern for all
+  operands of the same sizes), which also reduces the blinded message modulo p and q
+  internally; the only other reduction by a secret modulus, in Garner's recombination, goes
+  through ``powmod_sec`` with exponent 1. What is left to observe is operand sizes. This path
+  does not blind m: against remote timing and cache observers, the threat here, ``powmod_sec``
+  already gives what blinding gives (the work done and the memory touched do not depend on the
+  values of m, the primes or the exponents), and with gmpy2 each of blinding's four
+  multiplications modulo n would be a ``powmod_sec`` of its own: a third to a half again the
+  cost of a signature (``bench/README.md``).
 
 On both, the RFC's fault check follows and uses plain ``gmpy2.powmod``: m is the client's own
 input and s is sent back to it (a faulty s is never released). On the client, r and inv link a
@@ -217,10 +219,14 @@ class BlindPrivateKey:
     """The server's RSABSSA private key, wrapping a ``cryptography`` RSA private key.
 
     ``backend`` chooses, once, here, who computes RSASP1 for :func:`blind_sign`: ``"openssl"``
-    hands the key to the system's libcrypto (as PKCS#8 DER, not kept), ``"gmpy2"`` converts
-    its CRT parameters to ``gmpy2.mpz``, and ``"auto"`` (the default) takes OpenSSL where
-    :func:`keys._openssl_rsa.availability` says it can be used, else gmpy2. Afterwards
-    ``backend`` names the one in use. Asking for ``"openssl"`` where it is not available
+    hands the key to the system's libcrypto (as PKCS#8 DER, not kept) and has it sign one
+    random value below n, which must pass the check ``s^e mod n == m`` (a known-answer
+    self-test: one private operation); ``"gmpy2"`` converts the CRT parameters to
+    ``gmpy2.mpz``; ``"auto"`` (the default) takes OpenSSL where
+    :func:`keys._openssl_rsa.availability` says it can be used and it loads the key and passes
+    the self-test, else gmpy2. Afterwards ``backend`` names the one in use and
+    ``backend_note`` says why: OpenSSL's version text, or why ``"auto"`` fell back to gmpy2.
+    Asking for ``"openssl"`` where it is not available, refuses the key or fails the self-test
     raises :class:`~keys.errors.BlindRSAError`.
 
     The wrapped key is trusted to be consistent (``cryptography`` checks keys it loads);
@@ -229,23 +235,25 @@ class BlindPrivateKey:
 
     key: rsa.RSAPrivateKey
     backend: Backend = field(default="auto", kw_only=True)
+    backend_note: str = field(init=False, default="")
     _public: BlindPublicKey = field(init=False, repr=False)
     _private: _Crt | _openssl_rsa.OpenSSLRSAKey = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         numbers = self.key.public_key().public_numbers()
         public = BlindPublicKey(numbers.n, numbers.e)
-        backend = self.backend
-        if backend == "auto":
-            backend = "openssl" if _openssl_rsa.availability().available else "gmpy2"
         private: _Crt | _openssl_rsa.OpenSSLRSAKey
-        if backend == "openssl":
-            private = _openssl_key(self.key, public)
-        elif backend == "gmpy2":
-            private = _crt_key(self.key, public)
+        if self.backend == "auto":
+            private, note = _auto_key(self.key, public)
+        elif self.backend == "openssl":
+            private, note = _openssl_key(self.key, public), _openssl_rsa.availability().detail
+        elif self.backend == "gmpy2":
+            private, note = _crt_key(self.key, public), "gmpy2 was asked for"
         else:
-            raise ValueError(f"unknown blind RSA backend {backend!r}")
+            raise ValueError(f"unknown blind RSA backend {self.backend!r}")
+        backend = "gmpy2" if isinstance(private, _Crt) else "openssl"
         object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "backend_note", note)
         object.__setattr__(self, "_public", public)
         object.__setattr__(self, "_private", private)
 
@@ -394,8 +402,27 @@ def verify(variant: Variant, pk: BlindPublicKey, prepared_msg: bytes, sig: bytes
         raise VerificationError(_INVALID_SIGNATURE)
 
 
+def _auto_key(
+    key: rsa.RSAPrivateKey, public: BlindPublicKey
+) -> tuple[_Crt | _openssl_rsa.OpenSSLRSAKey, str]:
+    """OpenSSL's key if libcrypto loads it and passes the self-test, else gmpy2's; and why."""
+    openssl = _openssl_rsa.availability()
+    if not openssl.available:
+        return _crt_key(key, public), f"OpenSSL is not available: {openssl.detail}"
+    try:
+        return _openssl_key(key, public), openssl.detail
+    except BlindRSAError as exc:
+        return _crt_key(key, public), f"{openssl.detail} cannot sign with this key: {exc}"
+
+
 def _openssl_key(key: rsa.RSAPrivateKey, public: BlindPublicKey) -> _openssl_rsa.OpenSSLRSAKey:
-    """The key inside the system's libcrypto; the DER passed to it is dropped on return."""
+    """The key inside the system's libcrypto, self-tested; the DER given to it is dropped.
+
+    The self-test signs a random m in [2, n - 1) and checks ``s^e mod n == m``, which only
+    the right s passes (e is invertible modulo lambda(n)): it proves that this libcrypto, as
+    configured, loads the key and computes RSASP1 without padding, before the key serves a
+    request. A comparison with gmpy2 would add nothing but a second private operation.
+    """
     der = key.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
@@ -404,6 +431,13 @@ def _openssl_key(key: rsa.RSAPrivateKey, public: BlindPublicKey) -> _openssl_rsa
     private = _openssl_rsa.OpenSSLRSAKey(der)
     if private.modulus_len != public.modulus_len:
         raise InvalidKey("OpenSSL reads the key with another modulus length")
+    m = gmpy2.mpz(2 + secrets.randbelow(public.n - 3))
+    try:
+        s = gmpy2.mpz.from_bytes(private.raw_private(m.to_bytes(public.modulus_len, "big")), "big")
+    except BlindRSAError as exc:
+        raise SigningFailure(f"signing failure: OpenSSL's self-test: {exc}") from None
+    if gmpy2.powmod(s, public._e, public._n) != m:
+        raise SigningFailure("signing failure: OpenSSL's self-test failed the check s^e mod n == m")
     return private
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -181,7 +182,12 @@ def test_backend_choice(rsa_keys: list[rsa.RSAPrivateKey]) -> None:
     if OPENSSL.available:
         assert OPENSSL.library
         assert OPENSSL.detail.startswith("OpenSSL ")
-    assert BlindPrivateKey(key).backend == ("openssl" if OPENSSL.available else "gmpy2")
+    chosen = BlindPrivateKey(key)
+    if OPENSSL.available:  # OpenSSL loads the key and passes the self-test here
+        assert (chosen.backend, chosen.backend_note) == ("openssl", OPENSSL.detail)
+    else:
+        assert chosen.backend == "gmpy2"
+        assert chosen.backend_note == f"OpenSSL is not available: {OPENSSL.detail}"
     assert BlindPrivateKey(key, backend="gmpy2").backend == "gmpy2"
     assert "gmpy2" in repr(BlindPrivateKey(key, backend="gmpy2"))
     with pytest.raises(ValueError, match="unknown blind RSA backend"):
@@ -196,8 +202,58 @@ def test_without_libcrypto_auto_falls_back_and_openssl_is_refused(
     assert _openssl_rsa.availability() == missing
     key = rsa_keys[0]
     assert BlindPrivateKey(key).backend == "gmpy2"
+    assert BlindPrivateKey(key).backend_note == "OpenSSL is not available: no libcrypto found"
     assert generate_private_key(2048).backend == "gmpy2"
     with pytest.raises(BlindRSAError, match=r"^OpenSSL is not available: no libcrypto found$"):
         BlindPrivateKey(key, backend="openssl")
     m = 5
     assert blind_sign(BlindPrivateKey(key), m.to_bytes(256, "big")) == reference(key, m)
+
+
+def _flip_last_bit(
+    real: Callable[[_openssl_rsa.OpenSSLRSAKey, bytes], bytes],
+) -> Callable[[_openssl_rsa.OpenSSLRSAKey, bytes], bytes]:
+    def wrong(handle: _openssl_rsa.OpenSSLRSAKey, m: bytes) -> bytes:
+        out = real(handle, m)
+        return out[:-1] + bytes([out[-1] ^ 1])
+
+    return wrong
+
+
+@needs_openssl
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("load", r"OpenSSL: d2i_AutoPrivateKey cannot parse the key$"),
+        ("no padding refused", r"OpenSSL's self-test: OpenSSL: EVP_PKEY_CTX_set_rsa_padding"),
+        ("wrong result", r"OpenSSL's self-test failed the check s\^e mod n == m$"),
+    ],
+)
+def test_an_openssl_that_cannot_sign_is_left_for_gmpy2(
+    rsa_keys: list[rsa.RSAPrivateKey],
+    monkeypatch: pytest.MonkeyPatch,
+    clean_queue: None,
+    fault: str,
+    reason: str,
+) -> None:
+    """libcrypto loads, but its configuration (FIPS, providers) refuses the key or unpadded
+    RSA, or it signs wrongly: "auto" falls back to gmpy2 and says why, "openssl" refuses."""
+    lib = _openssl_rsa._load().lib
+    assert lib is not None
+    if fault == "load":
+        monkeypatch.setattr(lib, "d2i_AutoPrivateKey", lambda *args: None)
+    elif fault == "no padding refused":
+        monkeypatch.setattr(lib, "EVP_PKEY_CTX_set_rsa_padding", lambda ctx, padding: 0)
+    else:
+        real = _openssl_rsa.OpenSSLRSAKey.raw_private
+        monkeypatch.setattr(_openssl_rsa.OpenSSLRSAKey, "raw_private", _flip_last_bit(real))
+    key = rsa_keys[0]
+    fallback = BlindPrivateKey(key)
+    assert fallback.backend == "gmpy2"
+    assert fallback.backend_note.startswith(f"{OPENSSL.detail} cannot sign with this key: ")
+    assert re.search(reason, fallback.backend_note)
+    with pytest.raises(BlindRSAError, match=reason):
+        BlindPrivateKey(key, backend="openssl")
+    m = 12345
+    assert blind_sign(fallback, m.to_bytes(256, "big")) == reference(key, m)
+    assert error_queue() == 0
