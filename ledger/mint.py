@@ -10,11 +10,14 @@ the index of that announcement. The private half is wiped when withdrawals end; 
 only the public key until ``deposit_until``.
 
 Withdraw (a citizen, by ledger pseudonym). The request is claimed under its ``request_id`` with
-a digest of its contents, the balance is debited in one ledger entry (pseudonym, total and
-counts per denomination, nothing of the coins), then the blinded messages are signed. Every step
-is idempotent, so a replay of the same request, or a retry after a crash at any point, returns
-the same signatures and debits once. The server sees blinded messages only and keeps only the
-blind signatures, from which no coin can be recomputed without the wallet's blinding factors.
+a digest of its contents (limits checked there), the blinded messages are signed, in memory,
+then the balance is debited in one ledger entry (pseudonym, total and counts per denomination,
+nothing of the coins) and the signatures are stored with the claim and returned. A signing
+failure thus debits nothing: the claim is released and the request may retry. Every step is
+idempotent (RSA blind signatures are deterministic), so a replay of the same request, or a
+retry after a crash at any point, returns the same signatures and debits once. The server sees
+blinded messages only and keeps only the blind signatures, from which no coin can be
+recomputed without the wallet's blinding factors.
 
 Deposit (a partner, by client id). Every coin is checked (denomination known and within its
 deposit window, blind signature, the coin's permission naming this partner, order and amount),
@@ -73,6 +76,7 @@ from ledger.errors import (
     AppendRejected,
     CoinsSpent,
     IdempotencyConflict,
+    InsufficientBalance,
     LedgerError,
     LedgerStoreError,
 )
@@ -441,7 +445,7 @@ class Mint:
     def withdraw(
         self, pseudonym: str, request_id: str, items: Sequence[tuple[bytes, bytes]]
     ) -> Withdrawal:
-        """Debit ``pseudonym`` for the coins and blind-sign ``(denomination, blinded)`` items."""
+        """Blind-sign ``(denomination, blinded)`` items, then debit ``pseudonym`` for the coins."""
         if not 1 <= len(items) <= self.policy.max_coins:
             raise WithdrawalLimit(f"a withdrawal holds 1..{self.policy.max_coins} coins")
         digest = hashlib.sha256(
@@ -461,10 +465,12 @@ class Mint:
             if len(blinded) != denomination.key.modulus_len:
                 raise MalformedCoinRequest("a blinded message has the wrong size")
             if int.from_bytes(blinded, "big") >= denomination.key.n:
-                # RFC 9474 §4.3 refuses it too, but only after the debit: refuse it here.
+                # blind_sign (RFC 9474 §4.3) refuses it too, as a fault of the mint's (503).
                 raise MalformedCoinRequest("a blinded message is not below the key's modulus")
             denominations.append(denomination)
         points = sum(d.value for d in denominations)
+        key = IdempotencyKey(_WITHDRAWALS, f"{pseudonym} {request_id}", digest)
+        self._refuse_unpayable(pseudonym, points, key)
         stored = self._claim_withdrawal(pseudonym, request_id, digest, points)
         if stored is not None:
             return stored
@@ -472,8 +478,21 @@ class Mint:
         event = WithdrawalDebited(
             pseudonym, points, tuple(CoinCount(d, n) for d, n in sorted(counts.items()))
         )
-        key = IdempotencyKey(_WITHDRAWALS, f"{pseudonym} {request_id}", digest)
         try:
+            # Sign before the debit, so that a signing failure debits nothing. The signatures
+            # stay in memory until the debit is logged and they are stored; RSA signing is
+            # deterministic, so a retry after a lost step computes the same ones.
+            try:
+                signatures = [
+                    blind_sign(self._keys.private[d.id], blinded)
+                    for d, (_, blinded) in zip(denominations, items, strict=True)
+                ]
+            except KeyError:
+                raise DenominationExpired(
+                    "the denomination stopped accepting withdrawals"
+                ) from None
+            except BlindRSAError:  # the inputs were checked: a fault on the mint's side (503)
+                raise LedgerStoreError("the mint could not sign the coins; retry") from None
             appended = self._append(AppendRequest(event, key))
             if isinstance(appended, AppendRejected):
                 raise appended
@@ -482,20 +501,11 @@ class Mint:
                 done = self.store.find_idempotent(key)
             except LedgerError:
                 done = None
-            if done is None:  # nothing was debited: forget the claim, the request may retry
+            # Nothing was debited: forget the claim, the request may retry. A debit logged by
+            # an earlier attempt (lost before its signatures were stored) keeps the claim.
+            if done is None:
                 self._release_withdrawal(pseudonym, request_id)
             raise
-        try:
-            signatures = [
-                blind_sign(self._keys.private[d.id], blinded)
-                for d, (_, blinded) in zip(denominations, items, strict=True)
-            ]
-        except KeyError:
-            raise DenominationExpired("the denomination stopped accepting withdrawals") from None
-        except BlindRSAError:  # the inputs were checked: a fault on the mint's side (503)
-            # The debit stands and the claim stays pending: a retry of the same request
-            # replays the debit and signs again.
-            raise LedgerStoreError("the mint could not sign the coins; retry") from None
         w = withdrawals_table
         with self.engine.begin() as conn:
             conn.execute(
@@ -506,6 +516,19 @@ class Mint:
         return Withdrawal(
             request_id, points, appended.index, appended.leaf_hash, signatures, appended.replayed
         )
+
+    def _refuse_unpayable(self, pseudonym: str, points: int, key: IdempotencyKey) -> None:
+        """Signing comes before the debit and costs up to a few milliseconds per coin: refuse a
+        request the balance cannot pay first, unless it is a retry whose debit was logged. (The
+        authoritative check is the append's, under the ledger's head lock.)"""
+        if self.store.balance(pseudonym) >= points:
+            return
+        try:
+            retry = self.store.find_idempotent(key) is not None
+        except IdempotencyConflict:  # pragma: no cover - the claim refuses it too
+            raise RequestConflict("this request_id was used for another withdrawal") from None
+        if not retry:
+            raise InsufficientBalance(f"a withdrawal of {points} points exceeds the balance")
 
     def _claim_withdrawal(
         self, pseudonym: str, request_id: str, digest: bytes, points: int

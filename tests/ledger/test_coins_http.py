@@ -18,7 +18,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keys.blind_rsa import blind, prepare
+import ledger.mint
+from keys.blind_rsa import BlindPrivateKey, SigningFailure, blind, prepare
 from keys.note import NoteVerifier, parse_verifier_key
 from ledger.checkpoints import issue_checkpoint, verifier_keys
 from ledger.coins import VARIANT, Coin, b64encode, open_receipt, open_statement, permission_message
@@ -230,6 +231,34 @@ def test_withdrawal_replay_returns_the_same_signatures_and_debits_once(town: Tow
     conflict = httpx.post(town.url + "/v1/wallet/withdrawals", json=other, headers=headers)
     assert conflict.status_code == 409
     assert problem_type(conflict) == "request-conflict"
+    assert town.balance() == 30
+
+
+def test_a_withdrawal_that_fails_to_sign_debits_nothing(
+    town: Town, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signing fault answers 503 before the debit; the same request then succeeds, once."""
+    town.earn(2)  # 40 points
+    ten = next(d for d in town.wallet.denominations() if d.value == 10)
+    blinded = blind(VARIANT, ten.key, prepare(VARIANT, os.urandom(32))).blinded_msg
+    coin = {"denomination": ten.id.hex(), "blinded_message": b64encode(blinded)}
+    body: dict[str, Any] = {"request_id": "sign-fails-0123456789", "coins": [coin]}
+    headers = {"Authorization": f"Bearer {town.citizen_token}"}
+    real = ledger.mint.blind_sign
+    failures = [SigningFailure("signing failure: the signature failed the fault check")]
+
+    def fails_once(sk: BlindPrivateKey, message: bytes) -> bytes:
+        if failures:
+            raise failures.pop()
+        return real(sk, message)
+
+    monkeypatch.setattr(ledger.mint, "blind_sign", fails_once)
+    failed = httpx.post(town.url + "/v1/wallet/withdrawals", json=body, headers=headers)
+    assert failed.status_code == 503, failed.text
+    assert problem_type(failed) == "ledger-unavailable"
+    assert town.balance() == 40
+    retried = httpx.post(town.url + "/v1/wallet/withdrawals", json=body, headers=headers)
+    assert retried.status_code == 201, retried.text
     assert town.balance() == 30
 
 

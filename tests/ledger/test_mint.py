@@ -12,16 +12,24 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+import ledger.mint
+from keys.blind_rsa import BlindPrivateKey, SigningFailure
 from keys.keyring import Keyring
 from keys.model import Purpose
 from keys.note import parse_verifier_key
 from ledger.checkpoints import verifier_keys
 from ledger.coins import Coin, b64decode, open_receipt
-from ledger.entries import ActCredited, CoinsDeposited, SpentCoin
-from ledger.errors import AppendRejected, CoinsSpent, LedgerError, LedgerStoreError
+from ledger.entries import ActCredited, CoinsDeposited, SpentCoin, WithdrawalDebited
+from ledger.errors import (
+    AppendRejected,
+    CoinsSpent,
+    InsufficientBalance,
+    LedgerError,
+    LedgerStoreError,
+)
 from ledger.mint import DenominationExpired, Mint, MintPolicy, PaidCoin, UnknownDenomination
 from ledger.store import AppendRequest, CoinSpend, DepositRows, IdempotencyKey, LedgerStore
-from ledger.tables import deposits_table, spent_table
+from ledger.tables import deposits_table, spent_table, withdrawals_table
 from ledger.wallet import PaymentRequest, finish_withdrawal, pay, prepare_withdrawal
 from tests.ledger.test_store import ORIGIN, ledger_engine, make_keyring
 
@@ -67,6 +75,75 @@ def paid_coins(mint: Mint, amount: int, request: PaymentRequest) -> list[PaidCoi
 def _count(mint: Mint, table: sa.Table) -> int:
     with mint.engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_a_signing_failure_debits_nothing_and_the_retry_debits_once(
+    mint: Mint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coins are signed before the debit: a signing failure leaves the balance and the log
+    as they were and releases the request; its retry signs, debits once and answers."""
+    pending = prepare_withdrawal(mint.denominations(), 16)
+    items = [(p.denomination.id, p.blinding.blinded_msg) for p in pending]
+    balance, head = mint.store.balance(WHO), mint.store.head().size
+    real = ledger.mint.blind_sign
+    failures = [SigningFailure("signing failure: the signature failed the fault check")]
+
+    def fails_once(sk: BlindPrivateKey, blinded: bytes) -> bytes:
+        if failures:
+            raise failures.pop()
+        return real(sk, blinded)
+
+    monkeypatch.setattr(ledger.mint, "blind_sign", fails_once)
+    with pytest.raises(LedgerStoreError, match="could not sign"):
+        mint.withdraw(WHO, "w" * 20, items)
+    assert mint.store.balance(WHO) == balance
+    assert mint.store.head().size == head
+    assert _count(mint, withdrawals_table) == 0  # the claim was released
+
+    done = mint.withdraw(WHO, "w" * 20, items)
+    assert not done.replayed
+    assert done.entry_index == head
+    assert mint.store.head().size == head + 1
+    logged = mint.store.entry(head)
+    assert logged is not None
+    assert isinstance(logged.entry.event, WithdrawalDebited)
+    assert mint.store.balance(WHO) == balance - 16
+    assert sum(c.value for c in finish_withdrawal(pending, done.signatures)) == 16
+    again = mint.withdraw(WHO, "w" * 20, items)
+    assert again.replayed
+    assert again.signatures == done.signatures
+    assert mint.store.balance(WHO) == balance - 16
+    assert mint.store.head().size == head + 1
+
+
+def test_a_withdrawal_the_balance_cannot_pay_signs_nothing(
+    mint: Mint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signing comes before the debit, so an unpayable request is refused before it costs a
+    signature; a retry whose debit was logged before its answer was lost still signs."""
+    signed: list[bytes] = []
+    real = ledger.mint.blind_sign
+
+    def counting(sk: BlindPrivateKey, blinded: bytes) -> bytes:
+        signed.append(blinded)
+        return real(sk, blinded)
+
+    monkeypatch.setattr(ledger.mint, "blind_sign", counting)
+    pending = prepare_withdrawal(mint.denominations(), 51)  # the balance is 50
+    with pytest.raises(InsufficientBalance):
+        mint.withdraw(WHO, "w" * 20, [(p.denomination.id, p.blinding.blinded_msg) for p in pending])
+    assert signed == []
+    assert _count(mint, withdrawals_table) == 0
+
+    pending = prepare_withdrawal(mint.denominations(), 30)
+    items = [(p.denomination.id, p.blinding.blinded_msg) for p in pending]
+    done = mint.withdraw(WHO, "x" * 20, items)
+    with mint.engine.begin() as conn:  # the answer was lost after the debit: signatures gone
+        conn.execute(withdrawals_table.update().values(signatures=None))
+    assert mint.store.balance(WHO) == 20  # less than the request: only the retry rule lets it by
+    again = mint.withdraw(WHO, "x" * 20, items)
+    assert again.signatures == done.signatures
+    assert mint.store.balance(WHO) == 20
 
 
 def test_a_deposit_that_fails_to_commit_leaves_nothing(mint: Mint) -> None:
