@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import psycopg
 import psycopg.errors
 import sqlalchemy as sa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.exc import IntegrityError
 
 from keys.keyring import Clock
@@ -235,7 +237,18 @@ class SqlClientRegistry:
 #: At most this many values go into one statement.
 MAX_BATCH = 256
 
+#: TCP keepalives on the batchers' connections, unless the database URL sets them: a connection
+#: cut while idle (a firewall, a failover) is found dead within about a minute instead of at
+#: its next statement.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
 Item = TypeVar("Item")
+Conn = psycopg.AsyncConnection[Any]
 
 
 class _AsyncPgBatcher(ABC, Generic[Item]):
@@ -245,23 +258,47 @@ class _AsyncPgBatcher(ABC, Generic[Item]):
     ``writers`` tasks take up to :data:`MAX_BATCH` pending items at a time and answer them with
     one statement (:meth:`_execute`), each on an autocommit connection of its own, kept idle
     between bursts; the next batch forms while one is in flight, so the cost per request falls
-    as load rises. When the statement fails (the database is unreachable, the connection was
-    cut...), the connection is dropped and every request of that batch fails with
-    ``store_error``; the next batch connects again. (Measured: SQLAlchemy's asyncio layer was
-    ten times slower under concurrency, and one statement per request spent more time in the
-    driver than the signature check of a request.)
+    as load rises. (Measured: SQLAlchemy's asyncio layer was ten times slower under
+    concurrency, and one statement per request spent more time in the driver than the
+    signature check of a request.)
+
+    Fail closed: when a batch fails (the database is unreachable, the connection was cut, the
+    statement errs) or is not answered within ``timeout`` seconds (a locked table, a half-open
+    connection), its connection is closed and every request of the batch fails with
+    ``store_error``; the next batch connects again. The deadline covers taking a connection
+    (``connect_timeout`` is set too) and running the statement; on expiry psycopg cancels the
+    statement on the server (on a dead connection it gives that up to 10 s before dropping
+    it). ``timeout`` is read at every batch. Only when :attr:`retry_kept` (a read, safe to run
+    twice), a batch that fails with :class:`psycopg.OperationalError` on a connection kept
+    from an earlier batch, which may have been cut while idle, runs once more on a new
+    connection, within the same deadline.
+
+    The connections take the database URL's parameters, its ``options`` (``search_path``...)
+    followed by the batcher's own, and :data:`KEEPALIVES` unless the URL sets them.
     """
 
     #: raised to every request of a batch the database did not answer
     store_error: ClassVar[type[Exception]]
+    #: whether a batch failing on a kept connection runs once more on a new one
+    retry_kept: ClassVar[bool] = False
 
-    def __init__(self, engine: sa.Engine, *, writers: int, options: str) -> None:
+    def __init__(
+        self, engine: sa.Engine, *, writers: int, options: str, timeout: float = 5.0
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
         url = engine.url.set(drivername="postgresql")
-        self._conninfo = url.render_as_string(hide_password=False)
-        self._options = options
+        params = conninfo_to_dict(url.render_as_string(hide_password=False))
+        params["options"] = " ".join(str(o) for o in (params.get("options"), options) if o) or None
+        params.setdefault("connect_timeout", max(2, math.ceil(timeout)))  # libpq's minimum
+        for name, value in KEEPALIVES.items():
+            params.setdefault(name, value)
+        self._conninfo = make_conninfo("", **params)
+        #: seconds a batch may take, connecting included; read at every batch
+        self.timeout = timeout
         self._max_writers = writers
         self._writers: set[asyncio.Task[None]] = set()
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[Conn] = []
         self._pending: list[tuple[Item, asyncio.Future[bool]]] = []
 
     async def _ask(self, item: Item) -> bool:
@@ -282,23 +319,21 @@ class _AsyncPgBatcher(ABC, Generic[Item]):
         return batch
 
     @abstractmethod
-    async def _execute(self, conn: psycopg.AsyncConnection[Any], items: list[Item]) -> list[bool]:
+    async def _execute(self, conn: Conn, items: list[Item]) -> list[bool]:
         """The answers to ``items``, in their order, from one statement on ``conn``."""
 
     async def _write(self) -> None:
-        conn: psycopg.AsyncConnection[Any] | None = None
+        conn: Conn | None = None
         try:
             while self._pending:
                 batch = self._screen(self._pending[:MAX_BATCH])
                 del self._pending[:MAX_BATCH]
                 try:
-                    if conn is None:
-                        conn = self._idle.pop() if self._idle else await self._connect()
-                    answers = await self._execute(conn, [item for item, _ in batch])
-                except (psycopg.Error, OSError) as exc:
-                    if conn is not None:
-                        await conn.close()
-                        conn = None
+                    async with asyncio.timeout(self.timeout):
+                        conn, answers = await self._answer(conn, [item for item, _ in batch])
+                except Exception as exc:  # the database's, a timeout, or a bug: every request
+                    # of the batch gets the store's error (fail closed), none waits forever
+                    conn = None  # closed by _answer
                     for _, answer in batch:
                         _fail(answer, self.store_error(type(exc).__name__))
                     continue
@@ -312,10 +347,27 @@ class _AsyncPgBatcher(ABC, Generic[Item]):
             if conn is not None:
                 self._idle.append(conn)
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, options=self._options
-        )
+    async def _answer(self, conn: Conn | None, items: list[Item]) -> tuple[Conn, list[bool]]:
+        """The answers to ``items`` and the connection that gave them: ``conn``, else an idle
+        one, else a new one. Whatever fails or interrupts it closes the connection first."""
+        if conn is None and self._idle:
+            conn = self._idle.pop()
+        retry = self.retry_kept and conn is not None
+        while True:
+            try:
+                if conn is None:
+                    conn = await self._connect()
+                return conn, await self._execute(conn, items)
+            except BaseException as exc:
+                if conn is not None:
+                    await conn.close()  # no network wait: libpq only sends its goodbye
+                    conn = None
+                if not (retry and isinstance(exc, psycopg.OperationalError)):
+                    raise
+                retry = False
+
+    async def _connect(self) -> Conn:
+        return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
 
     async def aclose(self) -> None:
         if self._writers:
@@ -394,7 +446,9 @@ class AsyncPgReplayCache(_AsyncPgBatcher[tuple[bytes, datetime]]):
     prepared statement per batch (``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING
     RETURNING digest``); a ``jti`` the statement did not insert was there already, and so is a
     replay (within a batch, the first request with a ``jti`` wins). The unique key still
-    decides between server processes.
+    decides between server processes. A batch that fails or outlasts ``timeout`` raises
+    :class:`ReplayStoreError` to its requests, and is never run again: the insert may have
+    been applied, and a second run would call every ``jti`` of the batch a replay.
 
     The connections commit with ``synchronous_commit = off`` unless ``durable``: PostgreSQL
     applies each batch (and the unique check) at once, but writes its commit record to disk a
@@ -407,9 +461,11 @@ class AsyncPgReplayCache(_AsyncPgBatcher[tuple[bytes, datetime]]):
 
     store_error = ReplayStoreError
 
-    def __init__(self, engine: sa.Engine, *, writers: int = 2, durable: bool = False) -> None:
+    def __init__(
+        self, engine: sa.Engine, *, writers: int = 2, durable: bool = False, timeout: float = 5.0
+    ) -> None:
         options = "" if durable else "-c synchronous_commit=off"
-        super().__init__(engine, writers=writers, options=options)
+        super().__init__(engine, writers=writers, options=options, timeout=timeout)
         self._inserted = 0
         self._now: datetime | None = None
         table = client_assertion_jti.name
@@ -437,9 +493,7 @@ class AsyncPgReplayCache(_AsyncPgBatcher[tuple[bytes, datetime]]):
                 first[item[0]] = (item, answer)
         return list(first.values())
 
-    async def _execute(
-        self, conn: psycopg.AsyncConnection[Any], items: list[tuple[bytes, datetime]]
-    ) -> list[bool]:
+    async def _execute(self, conn: Conn, items: list[tuple[bytes, datetime]]) -> list[bool]:
         cursor = await conn.execute(
             self._insert,
             {
@@ -452,7 +506,7 @@ class AsyncPgReplayCache(_AsyncPgBatcher[tuple[bytes, datetime]]):
         await self._maybe_purge(conn, len(inserted))
         return [digest in inserted for digest, _ in items]
 
-    async def _maybe_purge(self, conn: psycopg.AsyncConnection[Any], inserted: int) -> None:
+    async def _maybe_purge(self, conn: Conn, inserted: int) -> None:
         before = self._inserted // PURGE_EVERY
         self._inserted += inserted
         if self._inserted // PURGE_EVERY != before and self._now is not None:
@@ -513,13 +567,22 @@ class AsyncPgRevocationList(_AsyncPgBatcher[str]):
     Concurrent requests' ``jti`` values are looked up together (:class:`_AsyncPgBatcher`): one
     prepared ``SELECT jti ... WHERE jti = ANY(...)`` per batch, on read-only connections. No
     answer is cached: a revocation committed before a lookup's statement starts is seen by it.
-    A lookup that cannot be answered raises :class:`RevocationStoreError` (fail closed).
+    A lookup that cannot be answered within ``timeout`` seconds raises
+    :class:`RevocationStoreError` (fail closed). Being a read, a batch that fails on a
+    connection kept idle (cut meanwhile: a restart, a failover) runs once more on a new
+    connection before failing.
     """
 
     store_error = RevocationStoreError
+    retry_kept = True
 
-    def __init__(self, engine: sa.Engine, *, writers: int = 2) -> None:
-        super().__init__(engine, writers=writers, options="-c default_transaction_read_only=on")
+    def __init__(self, engine: sa.Engine, *, writers: int = 2, timeout: float = 5.0) -> None:
+        super().__init__(
+            engine,
+            writers=writers,
+            options="-c default_transaction_read_only=on",
+            timeout=timeout,
+        )
         self._select = (
             f"SELECT jti FROM {revoked_token.name} "  # noqa: S608 (a constant table name)
             "WHERE jti = ANY(%(jtis)s::text[])"
@@ -528,7 +591,7 @@ class AsyncPgRevocationList(_AsyncPgBatcher[str]):
     async def is_revoked(self, jti: str) -> bool:
         return await self._ask(jti)
 
-    async def _execute(self, conn: psycopg.AsyncConnection[Any], items: list[str]) -> list[bool]:
+    async def _execute(self, conn: Conn, items: list[str]) -> list[bool]:
         cursor = await conn.execute(self._select, {"jtis": items}, prepare=True)
         found = {str(row[0]) for row in await cursor.fetchall()}
         return [jti in found for jti in items]
