@@ -12,8 +12,10 @@ only the public key until ``deposit_until``.
 Withdraw (a citizen, by ledger pseudonym). The request is claimed under its ``request_id`` with
 a digest of its contents (limits checked there), the blinded messages are signed, in memory,
 then the balance is debited in one ledger entry (pseudonym, total and counts per denomination,
-nothing of the coins) and the signatures are stored with the claim and returned. A signing
-failure thus debits nothing: the claim is released and the request may retry. Every step is
+nothing of the coins) whose transaction also stores the signatures with the claim
+(:class:`~ledger.store.WithdrawalRows`), and they are returned. A signing failure thus debits
+nothing (the claim is released and the request may retry), and no debit is ever logged without
+the signatures that pay for it. Every step is
 idempotent (RSA blind signatures are deterministic), so a replay of the same request, or a
 retry after a crash at any point, returns the same signatures and debits once. The server sees
 blinded messages only and keeps only the blind signatures, from which no coin can be
@@ -88,6 +90,7 @@ from ledger.store import (
     DepositRows,
     IdempotencyKey,
     LedgerStore,
+    WithdrawalRows,
 )
 from ledger.tables import (
     denominations_table,
@@ -493,7 +496,8 @@ class Mint:
                 ) from None
             except BlindRSAError:  # the inputs were checked: a fault on the mint's side (503)
                 raise LedgerStoreError("the mint could not sign the coins; retry") from None
-            appended = self._append(AppendRequest(event, key))
+            rows = WithdrawalRows(request_id, _join(signatures))
+            appended = self._append(AppendRequest(event, key, withdrawal=rows))
             if isinstance(appended, AppendRejected):
                 raise appended
         except LedgerError:
@@ -506,13 +510,14 @@ class Mint:
             if done is None:
                 self._release_withdrawal(pseudonym, request_id)
             raise
-        w = withdrawals_table
-        with self.engine.begin() as conn:
-            conn.execute(
-                w.update()
-                .where(w.c.pseudonym == pseudonym, w.c.request_id == request_id)
-                .values(entry_idx=appended.index, signatures=_join(signatures))
-            )
+        if appended.replayed:  # a debit logged without its signatures, by an earlier release
+            w = withdrawals_table
+            with self.engine.begin() as conn:
+                conn.execute(
+                    w.update()
+                    .where(w.c.pseudonym == pseudonym, w.c.request_id == request_id)
+                    .values(entry_idx=appended.index, signatures=_join(signatures))
+                )
         return Withdrawal(
             request_id, points, appended.index, appended.leaf_hash, signatures, appended.replayed
         )

@@ -94,6 +94,7 @@ from ledger.tables import (
     idempotency_table,
     nodes_table,
     spent_table,
+    withdrawals_table,
 )
 from ledger.tiles import ENTRIES, TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle
 
@@ -109,6 +110,7 @@ __all__ = [
     "LockedHead",
     "LoggedEntry",
     "TreeHead",
+    "WithdrawalRows",
     "check_request",
     "fetch_nodes",
     "lock_head",
@@ -196,6 +198,12 @@ deposits AS (
     FROM unnest(%(p_partner)b::varchar[], %(p_order)b::varchar[], %(p_digest)b::bytea[],
                 %(p_points)b::bigint[], %(p_coins)b::integer[], %(p_idx)b::bigint[])
          AS t(partner, order_ref, digest, points, coins, idx)
+),
+withdrawals AS (
+    UPDATE coin_withdrawals w SET entry_idx = t.idx, signatures = t.signatures
+    FROM unnest(%(w_pseudonym)b::varchar[], %(w_request)b::varchar[], %(w_idx)b::bigint[],
+                %(w_signatures)b::bytea[]) AS t(pseudonym, request_id, idx, signatures)
+    WHERE w.pseudonym = t.pseudonym AND w.request_id = t.request_id
 ),
 spent AS (
     INSERT INTO coin_spent
@@ -294,6 +302,17 @@ class DepositRows:
 
 
 @dataclass(frozen=True)
+class WithdrawalRows:
+    """What a :class:`WithdrawalDebited` append of the mint writes besides its entry, in its
+    transaction: the blind signatures it answers with, stored on the withdrawal's claim
+    (``coin_withdrawals``, written before by the mint), so that a debit is never logged without
+    the signatures that pay for it."""
+
+    request_id: str
+    signatures: bytes
+
+
+@dataclass(frozen=True)
 class AppendRequest:
     """One event to append, with an optional idempotency key, caps (acts) or deposit rows.
 
@@ -307,6 +326,7 @@ class AppendRequest:
     idempotency: IdempotencyKey | None = None
     caps: ActCaps | None = None
     deposit: DepositRows | None = None
+    withdrawal: WithdrawalRows | None = None
 
 
 @dataclass(frozen=True)
@@ -434,6 +454,7 @@ class _New:
     leaf_hash: bytes
     idempotency: IdempotencyKey | None
     deposit: DepositRows | None
+    withdrawal: WithdrawalRows | None
 
 
 class LedgerStore:
@@ -725,6 +746,10 @@ def check_request(request: object) -> None:
         raise LedgerError("caps apply to acts credited only")
     if isinstance(event, CoinsDeposited) != (request.deposit is not None):
         raise LedgerError("a deposit is appended with its deposit rows, and only a deposit")
+    if request.withdrawal is not None and not (
+        isinstance(event, WithdrawalDebited) and request.idempotency is not None
+    ):
+        raise LedgerError("withdrawal rows go with a withdrawal and its idempotency key")
     if request.deposit is not None and isinstance(event, CoinsDeposited):
         if request.idempotency is None:
             raise LedgerError("a deposit is appended with an idempotency key")
@@ -889,7 +914,16 @@ def _plan(
         entry = Entry(recorded_at, event)
         data = encode_entry(entry)
         new.append(
-            _New(position, size + len(new), entry, data, leaf_hash(data), key, request.deposit)
+            _New(
+                position,
+                size + len(new),
+                entry,
+                data,
+                leaf_hash(data),
+                key,
+                request.deposit,
+                request.withdrawal,
+            )
         )
         if key is not None:
             batch_keys[key.partner, key.key] = (key.request_digest, position)
@@ -1051,6 +1085,19 @@ class _Writes:
             for item, event, deposit in self.deposits
         ]
 
+    def withdrawal_rows(self) -> list[dict[str, object]]:
+        """The ``coin_withdrawals`` claims the batch's withdrawals answer."""
+        return [
+            {
+                "pseudonym": item.entry.pseudonym,
+                "request_id": item.withdrawal.request_id,
+                "entry_idx": item.index,
+                "signatures": item.withdrawal.signatures,
+            }
+            for item in self.new
+            if item.withdrawal is not None
+        ]
+
     def spent_rows(self) -> list[dict[str, object]]:
         """The ``coin_spent`` rows."""
         return [
@@ -1121,6 +1168,25 @@ def _write(conn: sa.Connection, writes: _Writes) -> None:
         )
     if debits := writes.debits:
         conn.execute(_DEBIT_BALANCE, [{"pseudonym": p, "delta": d, "now": now} for p, d in debits])
+    if withdrawals := writes.withdrawal_rows():
+        w = withdrawals_table
+        conn.execute(
+            w.update()
+            .where(
+                w.c.pseudonym == sa.bindparam("b_pseudonym"),
+                w.c.request_id == sa.bindparam("b_request_id"),
+            )
+            .values(entry_idx=sa.bindparam("b_idx"), signatures=sa.bindparam("b_signatures")),
+            [
+                {
+                    "b_pseudonym": row["pseudonym"],
+                    "b_request_id": row["request_id"],
+                    "b_idx": row["entry_idx"],
+                    "b_signatures": row["signatures"],
+                }
+                for row in withdrawals
+            ],
+        )
     if deposits := writes.deposit_rows():
         conn.execute(deposits_table.insert(), deposits)
         conn.execute(spent_table.insert(), writes.spent_rows())
@@ -1135,6 +1201,7 @@ def _pg_write_parameters(writes: _Writes) -> dict[str, object]:
     """The parameters of ``_PG_WRITE``: every column of every table as one array."""
     new, keyed, credits, debits = writes.new, writes.keyed, writes.credits, writes.debits
     deposits, spent = writes.deposit_rows(), writes.spent_rows()
+    withdrawals = writes.withdrawal_rows()
     return {
         "e_idx": [item.index for item in new],
         "e_kind": [int(item.entry.kind) for item in new],
@@ -1164,6 +1231,10 @@ def _pg_write_parameters(writes: _Writes) -> dict[str, object]:
         "s_order": [row["order_ref"] for row in spent],
         "s_signed_at": [row["signed_at"] for row in spent],
         "s_permission": [row["permission"] for row in spent],
+        "w_pseudonym": [row["pseudonym"] for row in withdrawals],
+        "w_request": [row["request_id"] for row in withdrawals],
+        "w_idx": [row["entry_idx"] for row in withdrawals],
+        "w_signatures": [row["signatures"] for row in withdrawals],
         "size": writes.size,
         "root": writes.root,
         "frontier": writes.frontier,

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import ledger.mint
-from keys.blind_rsa import BlindPrivateKey, SigningFailure, blind, prepare
+from keys.blind_rsa import BlindPrivateKey, SigningFailure, blind, blind_sign, prepare
 from keys.note import NoteVerifier, parse_verifier_key
 from ledger.checkpoints import issue_checkpoint, verifier_keys
 from ledger.coins import VARIANT, Coin, b64encode, open_receipt, open_statement, permission_message
@@ -244,7 +244,7 @@ def test_a_withdrawal_that_fails_to_sign_debits_nothing(
     coin = {"denomination": ten.id.hex(), "blinded_message": b64encode(blinded)}
     body: dict[str, Any] = {"request_id": "sign-fails-0123456789", "coins": [coin]}
     headers = {"Authorization": f"Bearer {town.citizen_token}"}
-    real = ledger.mint.blind_sign
+    real = blind_sign
     failures = [SigningFailure("signing failure: the signature failed the fault check")]
 
     def fails_once(sk: BlindPrivateKey, message: bytes) -> bytes:

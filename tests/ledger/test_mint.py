@@ -13,13 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 import ledger.mint
-from keys.blind_rsa import BlindPrivateKey, SigningFailure
+from keys.blind_rsa import BlindPrivateKey, SigningFailure, blind_sign
 from keys.keyring import Keyring
 from keys.model import Purpose
 from keys.note import parse_verifier_key
 from ledger.checkpoints import verifier_keys
 from ledger.coins import Coin, b64decode, open_receipt
-from ledger.entries import ActCredited, CoinsDeposited, SpentCoin, WithdrawalDebited
+from ledger.entries import ActCredited, CoinCount, CoinsDeposited, SpentCoin, WithdrawalDebited
 from ledger.errors import (
     AppendRejected,
     CoinsSpent,
@@ -28,7 +28,14 @@ from ledger.errors import (
     LedgerStoreError,
 )
 from ledger.mint import DenominationExpired, Mint, MintPolicy, PaidCoin, UnknownDenomination
-from ledger.store import AppendRequest, CoinSpend, DepositRows, IdempotencyKey, LedgerStore
+from ledger.store import (
+    AppendRequest,
+    CoinSpend,
+    DepositRows,
+    IdempotencyKey,
+    LedgerStore,
+    WithdrawalRows,
+)
 from ledger.tables import deposits_table, spent_table, withdrawals_table
 from ledger.wallet import PaymentRequest, finish_withdrawal, pay, prepare_withdrawal
 from tests.ledger.test_store import ORIGIN, ledger_engine, make_keyring
@@ -85,7 +92,7 @@ def test_a_signing_failure_debits_nothing_and_the_retry_debits_once(
     pending = prepare_withdrawal(mint.denominations(), 16)
     items = [(p.denomination.id, p.blinding.blinded_msg) for p in pending]
     balance, head = mint.store.balance(WHO), mint.store.head().size
-    real = ledger.mint.blind_sign
+    real = blind_sign
     failures = [SigningFailure("signing failure: the signature failed the fault check")]
 
     def fails_once(sk: BlindPrivateKey, blinded: bytes) -> bytes:
@@ -116,13 +123,46 @@ def test_a_signing_failure_debits_nothing_and_the_retry_debits_once(
     assert mint.store.head().size == head + 1
 
 
+def test_a_debit_is_never_logged_without_its_signatures(mint: Mint) -> None:
+    """The signatures are stored in the debit's own transaction: if storing them fails, nothing
+    is debited; the retry debits once and its signatures are on the claim."""
+    pending = prepare_withdrawal(mint.denominations(), 16)
+    items = [(p.denomination.id, p.blinding.blinded_msg) for p in pending]
+    balance, head = mint.store.balance(WHO), mint.store.head().size
+    with mint.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fail_store BEFORE UPDATE ON coin_withdrawals "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    with pytest.raises(LedgerStoreError):
+        mint.withdraw(WHO, "w" * 20, items)
+    assert (mint.store.balance(WHO), mint.store.head().size) == (balance, head)
+    assert _count(mint, withdrawals_table) == 0  # the claim was released
+    with mint.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER fail_store")
+    done = mint.withdraw(WHO, "w" * 20, items)
+    assert mint.store.balance(WHO) == balance - 16
+    with mint.engine.connect() as conn:
+        row = conn.execute(sa.select(withdrawals_table)).one()
+    assert (row.entry_idx, row.signatures is not None) == (done.entry_index, True)
+
+
+def test_withdrawal_rows_go_with_a_keyed_withdrawal(mint: Mint) -> None:
+    rows = WithdrawalRows("w" * 20, b"")
+    act = ActCredited(WHO, "transit", "tram_ride", 1, 1, 0, hashlib.sha256().digest())
+    debit = WithdrawalDebited(WHO, 1, (CoinCount(hashlib.sha256().digest(), 1),))
+    for request in (AppendRequest(act, withdrawal=rows), AppendRequest(debit, withdrawal=rows)):
+        with pytest.raises(LedgerError, match="withdrawal rows"):
+            mint.store.append_many([request])
+
+
 def test_a_withdrawal_the_balance_cannot_pay_signs_nothing(
     mint: Mint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Signing comes before the debit, so an unpayable request is refused before it costs a
     signature; a retry whose debit was logged before its answer was lost still signs."""
     signed: list[bytes] = []
-    real = ledger.mint.blind_sign
+    real = blind_sign
 
     def counting(sk: BlindPrivateKey, blinded: bytes) -> bytes:
         signed.append(blinded)
