@@ -15,11 +15,10 @@ then the balance is debited in one ledger entry (pseudonym, total and counts per
 nothing of the coins) whose transaction also stores the signatures with the claim
 (:class:`~ledger.store.WithdrawalRows`), and they are returned. A signing failure thus debits
 nothing (the claim is released and the request may retry), and no debit is ever logged without
-the signatures that pay for it. Every step is
-idempotent (RSA blind signatures are deterministic), so a replay of the same request, or a
-retry after a crash at any point, returns the same signatures and debits once. The server sees
-blinded messages only and keeps only the blind signatures, from which no coin can be
-recomputed without the wallet's blinding factors.
+the signatures that pay for it. Every step is idempotent (RSA blind signatures are
+deterministic), so a replay of the same request, or a retry after a crash at any point, returns
+the same signatures and debits once. The server sees blinded messages only and keeps only the
+blind signatures, from which no coin can be recomputed without the wallet's blinding factors.
 
 Deposit (a partner, by client id). Every coin is checked (denomination known and within its
 deposit window, blind signature, the coin's permission naming this partner, order and amount),
@@ -510,7 +509,8 @@ class Mint:
             if done is None:
                 self._release_withdrawal(pseudonym, request_id)
             raise
-        if appended.replayed:  # a debit logged without its signatures, by an earlier release
+        if appended.replayed:  # logged by a concurrent attempt (or by a release that stored
+            # the signatures apart): store them, the same ones, RSA signing being deterministic
             w = withdrawals_table
             with self.engine.begin() as conn:
                 conn.execute(

@@ -94,7 +94,6 @@ from ledger.tables import (
     idempotency_table,
     nodes_table,
     spent_table,
-    withdrawals_table,
 )
 from ledger.tiles import ENTRIES, TILE_HEIGHT, TILE_WIDTH, Tile, entry_bundle
 
@@ -130,6 +129,11 @@ _UPSERT_BALANCE = sa.text(
 _DEBIT_BALANCE = sa.text(
     "UPDATE ledger_balances SET points = points + :delta, updated_at = :now "
     "WHERE pseudonym = :pseudonym"
+)
+
+_STORE_SIGNATURES = sa.text(
+    "UPDATE coin_withdrawals SET entry_idx = :entry_idx, signatures = :signatures "
+    "WHERE pseudonym = :pseudonym AND request_id = :request_id"
 )
 
 
@@ -1169,24 +1173,7 @@ def _write(conn: sa.Connection, writes: _Writes) -> None:
     if debits := writes.debits:
         conn.execute(_DEBIT_BALANCE, [{"pseudonym": p, "delta": d, "now": now} for p, d in debits])
     if withdrawals := writes.withdrawal_rows():
-        w = withdrawals_table
-        conn.execute(
-            w.update()
-            .where(
-                w.c.pseudonym == sa.bindparam("b_pseudonym"),
-                w.c.request_id == sa.bindparam("b_request_id"),
-            )
-            .values(entry_idx=sa.bindparam("b_idx"), signatures=sa.bindparam("b_signatures")),
-            [
-                {
-                    "b_pseudonym": row["pseudonym"],
-                    "b_request_id": row["request_id"],
-                    "b_idx": row["entry_idx"],
-                    "b_signatures": row["signatures"],
-                }
-                for row in withdrawals
-            ],
-        )
+        conn.execute(_STORE_SIGNATURES, withdrawals)
     if deposits := writes.deposit_rows():
         conn.execute(deposits_table.insert(), deposits)
         conn.execute(spent_table.insert(), writes.spent_rows())

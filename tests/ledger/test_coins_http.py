@@ -18,8 +18,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import ledger.mint
-from keys.blind_rsa import BlindPrivateKey, SigningFailure, blind, blind_sign, prepare
+from keys.blind_rsa import blind, prepare
 from keys.note import NoteVerifier, parse_verifier_key
 from ledger.checkpoints import issue_checkpoint, verifier_keys
 from ledger.coins import VARIANT, Coin, b64encode, open_receipt, open_statement, permission_message
@@ -27,6 +26,7 @@ from ledger.export import export
 from ledger.wallet import CoinPurse, OwnedCoin, PaymentRequest, WalletClient, WalletError, pay
 from oidc.clients import AuthMethod, GrantType
 from tests.ledger.test_api import act, client_token, problem_type
+from tests.ledger.test_mint import fail_signing_once
 from tests.oidc.browser import Citizen
 from tests.oidc.conftest import (  # noqa: F401 - fixtures
     OAuth2Client,
@@ -244,15 +244,7 @@ def test_a_withdrawal_that_fails_to_sign_debits_nothing(
     coin = {"denomination": ten.id.hex(), "blinded_message": b64encode(blinded)}
     body: dict[str, Any] = {"request_id": "sign-fails-0123456789", "coins": [coin]}
     headers = {"Authorization": f"Bearer {town.citizen_token}"}
-    real = blind_sign
-    failures = [SigningFailure("signing failure: the signature failed the fault check")]
-
-    def fails_once(sk: BlindPrivateKey, message: bytes) -> bytes:
-        if failures:
-            raise failures.pop()
-        return real(sk, message)
-
-    monkeypatch.setattr(ledger.mint, "blind_sign", fails_once)
+    fail_signing_once(monkeypatch)
     failed = httpx.post(town.url + "/v1/wallet/withdrawals", json=body, headers=headers)
     assert failed.status_code == 503, failed.text
     assert problem_type(failed) == "ledger-unavailable"

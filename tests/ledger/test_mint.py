@@ -62,6 +62,18 @@ def mint(tmp_path: Path) -> Iterator[Mint]:
     engine.dispose()
 
 
+def fail_signing_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the mint's next blind signature fail its fault check, as a CRT fault would."""
+    failures = [SigningFailure("signing failure: the signature failed the fault check")]
+
+    def fails_once(sk: BlindPrivateKey, blinded: bytes) -> bytes:
+        if failures:
+            raise failures.pop()
+        return blind_sign(sk, blinded)
+
+    monkeypatch.setattr(ledger.mint, "blind_sign", fails_once)
+
+
 def paid_coins(mint: Mint, amount: int, request: PaymentRequest) -> list[PaidCoin]:
     pending = prepare_withdrawal(mint.denominations(), amount)
     items = [(p.denomination.id, p.blinding.blinded_msg) for p in pending]
@@ -92,15 +104,7 @@ def test_a_signing_failure_debits_nothing_and_the_retry_debits_once(
     pending = prepare_withdrawal(mint.denominations(), 16)
     items = [(p.denomination.id, p.blinding.blinded_msg) for p in pending]
     balance, head = mint.store.balance(WHO), mint.store.head().size
-    real = blind_sign
-    failures = [SigningFailure("signing failure: the signature failed the fault check")]
-
-    def fails_once(sk: BlindPrivateKey, blinded: bytes) -> bytes:
-        if failures:
-            raise failures.pop()
-        return real(sk, blinded)
-
-    monkeypatch.setattr(ledger.mint, "blind_sign", fails_once)
+    fail_signing_once(monkeypatch)
     with pytest.raises(LedgerStoreError, match="could not sign"):
         mint.withdraw(WHO, "w" * 20, items)
     assert mint.store.balance(WHO) == balance

@@ -64,6 +64,18 @@ def _revoke(engine: sa.Engine, jti: str) -> None:
     SqlRevocationList(engine).revoke(jti, "partner", now + timedelta(minutes=5), now)
 
 
+def look_up(revocations: AsyncPgRevocationList, *jtis: str) -> list[bool]:
+    """The answers to ``jtis``, asked one after the other; the list is closed afterwards."""
+
+    async def run() -> list[bool]:
+        try:
+            return [await revocations.is_revoked(jti) for jti in jtis]
+        finally:
+            await revocations.aclose()
+
+    return asyncio.run(run())
+
+
 def _observer(engine: sa.Engine) -> psycopg.Connection[Any]:
     """A plain connection to the test database, outside the engine's pool."""
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -102,14 +114,8 @@ def test_the_connections_keep_the_urls_options(monkeypatch: pytest.MonkeyPatch) 
     )
     revocations = AsyncPgRevocationList(engine, timeout=1.5)
 
-    async def lookup() -> bool:
-        try:
-            return await revocations.is_revoked("jti-1")
-        finally:
-            await revocations.aclose()
-
     with pytest.raises(RevocationStoreError):
-        asyncio.run(lookup())
+        look_up(revocations, "jti-1")
     engine.dispose()
     params = conninfo_to_dict(seen[0])
     assert params["options"] == "-csearch_path=x -c default_transaction_read_only=on"
@@ -132,14 +138,8 @@ def test_lookups_read_the_schema_the_url_names(postgres_url: str, tmp_path: Path
     _revoke(engine, "revoked-jti")
     revocations = AsyncPgRevocationList(engine)
 
-    async def lookups() -> list[bool]:
-        try:
-            return [await revocations.is_revoked(j) for j in ["revoked-jti", "decoy-jti"]]
-        finally:
-            await revocations.aclose()
-
     try:
-        assert asyncio.run(lookups()) == [True, False]
+        assert look_up(revocations, "revoked-jti", "decoy-jti") == [True, False]
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT to_regclass('revoked_token')")).scalar() == (
                 "revoked_token"  # the schema's own, not public's ("public.revoked_token")
@@ -153,16 +153,7 @@ def test_revoked_and_not_revoked(engine: sa.Engine) -> None:
     _revoke(engine, "revoked-jti")
     revocations = AsyncPgRevocationList(engine)
 
-    async def check() -> tuple[bool, bool]:
-        try:
-            return (
-                await revocations.is_revoked("revoked-jti"),
-                await revocations.is_revoked("live-jti"),
-            )
-        finally:
-            await revocations.aclose()
-
-    assert asyncio.run(check()) == (True, False)
+    assert look_up(revocations, "revoked-jti", "live-jti") == [True, False]
 
 
 @pytest.mark.postgres
@@ -323,14 +314,8 @@ def test_an_unreachable_database_fails_closed() -> None:
     engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:9/nothing")
     revocations = AsyncPgRevocationList(engine)
 
-    async def lookup() -> bool:
-        try:
-            return await revocations.is_revoked("jti-1")
-        finally:
-            await revocations.aclose()
-
     with pytest.raises(RevocationStoreError):
-        asyncio.run(lookup())
+        look_up(revocations, "jti-1")
     engine.dispose()
 
 
